@@ -1,0 +1,125 @@
+#include "core/memory.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "core/log.h"
+
+namespace linmoe {
+namespace {
+
+struct DeviceCounters {
+  std::atomic<std::size_t> live{0};
+  std::atomic<std::size_t> peak{0};
+};
+
+DeviceCounters& counters(Device d) {
+  static DeviceCounters c[2];
+  return c[d == Device::cpu ? 0 : 1];
+}
+
+class HostAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::cpu; }
+  void* allocate(std::size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    void* p = std::aligned_alloc(kAlignment, align_up(bytes));
+    if (!p) fatal_error(str_cat("out of host memory allocating ", format_bytes(double(bytes))));
+    record_allocation(Device::cpu, static_cast<std::ptrdiff_t>(bytes));
+    return p;
+  }
+  void deallocate(void* p, std::size_t bytes) override {
+    if (!p) return;
+    std::free(p);
+    record_allocation(Device::cpu, -static_cast<std::ptrdiff_t>(bytes));
+  }
+};
+
+}  // namespace
+
+Allocator& host_allocator() {
+  static HostAllocator a;
+  return a;
+}
+
+MemoryStats memory_stats(Device d) {
+  return MemoryStats{counters(d).live.load(), counters(d).peak.load()};
+}
+
+void record_allocation(Device d, std::ptrdiff_t delta_bytes) {
+  DeviceCounters& c = counters(d);
+  std::size_t now = c.live.fetch_add(static_cast<std::size_t>(delta_bytes)) +
+                    static_cast<std::size_t>(delta_bytes);
+  std::size_t peak = c.peak.load();
+  while (now > peak && !c.peak.compare_exchange_weak(peak, now)) {
+  }
+}
+
+void reset_peak_memory(Device d) { counters(d).peak.store(counters(d).live.load()); }
+
+Buffer::Buffer(Allocator& allocator, std::size_t bytes, std::string name)
+    : allocator_(&allocator), bytes_(bytes), name_(std::move(name)) {
+  data_ = allocator.allocate(bytes);
+  log_debug("allocated ", name_, ": ", format_bytes(double(bytes)), " on ",
+            device_name(allocator.device()));
+}
+
+Buffer::~Buffer() { release(); }
+
+Buffer::Buffer(Buffer&& o) noexcept
+    : allocator_(o.allocator_), data_(o.data_), bytes_(o.bytes_), name_(std::move(o.name_)) {
+  o.allocator_ = nullptr;
+  o.data_ = nullptr;
+  o.bytes_ = 0;
+}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    allocator_ = o.allocator_;
+    data_ = o.data_;
+    bytes_ = o.bytes_;
+    name_ = std::move(o.name_);
+    o.allocator_ = nullptr;
+    o.data_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+void Buffer::release() {
+  if (allocator_ && data_) allocator_->deallocate(data_, bytes_);
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+Tensor Buffer::view(DType dtype, const Shape& shape, std::size_t byte_offset) const {
+  std::size_t need = byte_offset + static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
+  LINMOE_CHECK(need <= bytes_, "view of ", need, " bytes in buffer '", name_, "' of ", bytes_);
+  return Tensor(static_cast<char*>(data_) + byte_offset, dtype, device(), shape);
+}
+
+Arena::Arena(Allocator& allocator, std::size_t capacity_bytes, std::string name)
+    : buffer_(allocator, capacity_bytes, std::move(name)) {
+  log_info("activation arena '", buffer_.name(), "': ", format_bytes(double(capacity_bytes)),
+           " on ", device_name(allocator.device()));
+}
+
+Tensor Arena::allocate(DType dtype, const Shape& shape) {
+  std::size_t bytes = align_up(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
+  LINMOE_CHECK(top_ + bytes <= buffer_.bytes(), "arena '", buffer_.name(), "' exhausted: ",
+               format_bytes(double(top_)), " used + ", format_bytes(double(bytes)), " requested > ",
+               format_bytes(double(buffer_.bytes())), " capacity");
+  Tensor t = buffer_.view(dtype, shape, top_);
+  top_ += bytes;
+  if (top_ > peak_) peak_ = top_;
+  return t;
+}
+
+void Arena::release(std::size_t mark) {
+  LINMOE_CHECK(mark <= top_, "arena release to ", mark, " above top ", top_);
+  top_ = mark;
+}
+
+}  // namespace linmoe

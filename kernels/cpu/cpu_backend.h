@@ -1,0 +1,78 @@
+// The CPU reference backend: readable first, fast enough for every CPU test and the tiny run.
+// Float ops compute in the tensors' dtype, f32 or f64 (templates in each op's file); OpenMP
+// threads over rows/blocks. One op family per file in kernels/cpu/.
+#pragma once
+#include <memory>
+
+#include "kernels/ops.h"
+
+namespace linmoe {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads);
+  Device device() const override { return Device::cpu; }
+  std::string name() const override;
+  Allocator& allocator() override { return host_allocator(); }
+  void synchronize() override {}
+  int threads() const { return threads_; }
+
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void fill(const Tensor& dst, double value) override;
+
+  void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+            double alpha, double beta) override;
+
+  void add(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void mul(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void axpy(double alpha, const Tensor& x, const Tensor& y) override;
+  void scale(const Tensor& x, double s) override;
+  void activation_forward(Activation f, const Tensor& x, const Tensor& y) override;
+  void activation_backward(Activation f, const Tensor& x, const Tensor& dy, const Tensor& dx,
+                           bool accumulate) override;
+
+  void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
+                        const Tensor& rstd) override;
+  void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                         const Tensor& dx, const Tensor& dw) override;
+  void softmax_forward(const Tensor& x, const Tensor& y) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+  void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout,
+                       const Tensor& dgate, const Tensor& dup) override;
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out,
+                         std::int64_t vocab_start) override;
+  void embedding_backward(const Tensor& ids, const Tensor& dout, const Tensor& dtable,
+                          std::int64_t vocab_start) override;
+
+  void cross_entropy_stats(const Tensor& logits, const Tensor& targets, std::int64_t vocab_start,
+                           const Tensor& lse, const Tensor& target_logit) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                              std::int64_t vocab_start, const Tensor& lse, const Tensor& dloss,
+                              const Tensor& dlogits) override;
+
+  void lsm_scalar_decay_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& log_decay, double scale, int chunk_size,
+                                const Tensor& initial_state, const Tensor& o,
+                                const Tensor& final_state) override;
+  void lsm_scalar_decay_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& log_decay, double scale, int chunk_size,
+                                 const Tensor& initial_state, const Tensor& d_o,
+                                 const Tensor& d_final_state, const Tensor& dq, const Tensor& dk,
+                                 const Tensor& dv, const Tensor& d_log_decay,
+                                 const Tensor& d_initial_state) override;
+
+  double sum(const Tensor& x) override;
+  double sum_squares(const Tensor& x) override;
+  double max_abs(const Tensor& x) override;
+  bool all_finite(const Tensor& x) override;
+  void sum_rows(const Tensor& x, const Tensor& out, bool accumulate) override;
+
+ private:
+  int threads_;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+}  // namespace linmoe

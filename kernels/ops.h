@@ -1,0 +1,147 @@
+// The op contracts. Layers call these through a Backend and never branch on the device.
+//
+// Conventions for every op unless its comment says otherwise:
+// - Row-major tensors; shapes in the comments use MODEL.md's letters ([N, D] = rows, channels).
+// - All float tensors of one call share a dtype. The CPU backend computes f32 and f64 (f64 is
+//   what the finite-difference tests run); the CUDA backend computes f32 and bf16.
+// - "stat" tensors (rstd, lse, per-row losses) have the statistics dtype: f64 for f64 inputs,
+//   else f32 (see stat_dtype).
+// - Outputs are OVERWRITTEN (never read first, so NaN-poisoned outputs are fine), except where
+//   the contract says "accumulates" (+=), which is used for parameter gradients.
+// - Launchers check shapes, dtypes and devices and fail loudly (LINMOE_CHECK) on a mismatch.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/memory.h"
+#include "core/tensor.h"
+
+namespace linmoe {
+
+enum class Activation { identity, silu, sigmoid, elu1, relu, softplus, logsigmoid };
+const char* activation_name(Activation f);
+
+inline DType stat_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;  // "cpu (2 threads)", "cuda (NVIDIA H100 ...)"
+  virtual Allocator& allocator() = 0;
+  virtual void synchronize() = 0;
+
+  // ---- memory ---------------------------------------------------------------------------------
+  // dst = src, element by element, between any two devices; converts between float dtypes
+  // (f64/f32/bf16, round to nearest even) and requires equal integer dtypes. Equal numel; both
+  // contiguous.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  // dst[...] = value (converted to dst's dtype). Any contiguous tensor.
+  virtual void fill(const Tensor& dst, double value) = 0;
+
+  // ---- GEMM -------------------------------------------------------------------------------------
+  // c = alpha · op(a) · op(b) + beta · c, where op(a) is [M, K] (a is [K, M] when trans_a) and
+  // op(b) is [K, N] (b is [N, K] when trans_b); c is [M, N].
+  // Batched: c may be [Bt, M, N]; a and b are then [Bt, ., .] or 2-D (the same matrix for every
+  // batch). The last dimension of each operand has stride 1; row and batch strides are free
+  // (strided views of larger tensors work).
+  // beta == 0 overwrites c without reading it; beta == 1 accumulates.
+  virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+                    double alpha = 1.0, double beta = 0.0) = 0;
+
+  // ---- elementwise (same shape, contiguous) -----------------------------------------------------
+  virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;  // out = a + b
+  virtual void mul(const Tensor& a, const Tensor& b, const Tensor& out) = 0;  // out = a * b
+  virtual void axpy(double alpha, const Tensor& x, const Tensor& y) = 0;      // y += alpha · x
+  virtual void scale(const Tensor& x, double s) = 0;                          // x *= s (in place)
+  // y = f(x)
+  virtual void activation_forward(Activation f, const Tensor& x, const Tensor& y) = 0;
+  // dx = dy · f'(x), or dx += dy · f'(x) when accumulate.
+  virtual void activation_backward(Activation f, const Tensor& x, const Tensor& dy,
+                                   const Tensor& dx, bool accumulate) = 0;
+
+  // ---- normalisation, softmax, SwiGLU -----------------------------------------------------------
+  // x, y: [N, D]; w: [D]; rstd: [N] stat. y = x · rstd · w, rstd = 1/sqrt(mean_j x_j² + eps).
+  virtual void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
+                                const Tensor& rstd) = 0;
+  // dx overwritten; dw ACCUMULATES (dw += Σ_n dy·x·rstd).
+  virtual void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                 const Tensor& rstd, const Tensor& dx, const Tensor& dw) = 0;
+  // Row softmax of x: [N, C] into y: [N, C].
+  virtual void softmax_forward(const Tensor& x, const Tensor& y) = 0;
+  // dx = y ⊙ (dy − Σ_c dy·y), rows of [N, C].
+  virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) = 0;
+  // out = silu(gate) ⊙ up; all [N, F].
+  virtual void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  // dgate, dup overwritten.
+  virtual void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout,
+                               const Tensor& dgate, const Tensor& dup) = 0;
+
+  // ---- embedding (vocab-parallel aware) ---------------------------------------------------------
+  // ids: [N] i32; table: [Vl, D] holding vocabulary ids [vocab_start, vocab_start + Vl).
+  // out[n] = table[ids[n] − vocab_start] when that row is local, else 0. out: [N, D].
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out,
+                                 std::int64_t vocab_start = 0) = 0;
+  // dtable[ids[n] − vocab_start] += dout[n] for local ids (ACCUMULATES; deterministic order).
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, const Tensor& dtable,
+                                  std::int64_t vocab_start = 0) = 0;
+
+  // ---- cross-entropy (vocab-parallel aware; probabilities never stored) -------------------------
+  // logits: [N, Vl] for vocabulary ids [vocab_start, vocab_start + Vl); targets: [N] i32.
+  // lse[n] = log Σ_v exp(logits[n, v]) over the local ids; target_logit[n] = logits[n, t − start]
+  // when t = targets[n] is local, else 0. Rows with t < 0 (ignored positions) give 0 and 0.
+  // One rank: loss[n] = lse[n] − target_logit[n]. Across vocab shards the layer combines lse
+  // with a max/sum reduction and target_logit with a sum.
+  virtual void cross_entropy_stats(const Tensor& logits, const Tensor& targets,
+                                   std::int64_t vocab_start, const Tensor& lse,
+                                   const Tensor& target_logit) = 0;
+  // dlogits[n, v] = dloss[n] · (exp(logits[n, v] − lse[n]) − [v + vocab_start == targets[n]])
+  // with the GLOBAL lse; rows with targets[n] < 0 get 0. dloss, lse: [N] stat.
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                      std::int64_t vocab_start, const Tensor& lse,
+                                      const Tensor& dloss, const Tensor& dlogits) = 0;
+
+  // ---- LSM core, scalar-decay family (MODEL.md 3: linear_attention, lightning, retention, mamba2)
+  // Per batch b and head h, with S_0 = initial_state (zeros when undefined):
+  //   S_t = exp(log_decay[t, h]) · S_{t−1} + k_t v_tᵀ,   o_t = scale · S_tᵀ q_t
+  // q, k: [B, T, Hk, Dk]; v, o: [B, T, H, Dv]; log_decay: [B, T, H] (≤ 0; constant-decay
+  // variants pass log λ_h in every position); H % Hk == 0 and head h reads q/k head
+  // ⌊h·Hk/H⌋ (mamba2's groups; Hk == H otherwise). initial_state, final_state: [B, H, Dk, Dv]
+  // in the stat dtype, either may be undefined (Tensor{}). Computed chunk by chunk (chunk_size
+  // tokens: intra-chunk attention-like GEMMs plus an inter-chunk state pass); the result does not
+  // depend on chunk_size beyond rounding. Any T ≥ 1 (not a multiple of the chunk is fine).
+  virtual void lsm_scalar_decay_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const Tensor& log_decay, double scale, int chunk_size,
+                                        const Tensor& initial_state, const Tensor& o,
+                                        const Tensor& final_state) = 0;
+  // Gradients of the forward above given do (and d_final_state, undefined = zeros). All gradient
+  // outputs are overwritten; d_log_decay and d_initial_state may be undefined when not needed.
+  // Chunk states are recomputed rather than stored.
+  virtual void lsm_scalar_decay_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const Tensor& log_decay, double scale, int chunk_size,
+                                         const Tensor& initial_state, const Tensor& d_o,
+                                         const Tensor& d_final_state, const Tensor& dq,
+                                         const Tensor& dk, const Tensor& dv,
+                                         const Tensor& d_log_decay,
+                                         const Tensor& d_initial_state) = 0;
+
+  // ---- reductions (accumulated in f64; results on the host) -------------------------------------
+  virtual double sum(const Tensor& x) = 0;
+  virtual double sum_squares(const Tensor& x) = 0;
+  virtual double max_abs(const Tensor& x) = 0;  // NaN if x holds a NaN
+  virtual bool all_finite(const Tensor& x) = 0;
+  // out[c] = Σ_n x[n, c] (or += when accumulate). x: [N, C], out: [C]. Bias gradients.
+  virtual void sum_rows(const Tensor& x, const Tensor& out, bool accumulate) = 0;
+};
+
+enum class BackendKind { automatic, cpu, cuda };
+// Parses "auto|cpu|cuda"; throws UserError naming `key` otherwise.
+BackendKind parse_backend_kind(const std::string& s, const std::string& key);
+// True when this build has CUDA and a usable device is present.
+bool cuda_device_available();
+// The backend for `kind`: automatic picks CUDA when available, else the CPU. Asking for cuda
+// without a device is a UserError. cpu_threads 0 = all cores.
+std::unique_ptr<Backend> make_backend(BackendKind kind, int cpu_threads = 0);
+
+}  // namespace linmoe
