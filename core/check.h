@@ -59,10 +59,13 @@ std::string str_cat(const Args&... args) {
 
 }  // namespace linmoe
 
-#define LINMOE_CHECK(cond, ...)                                                               \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
-      ::linmoe::detail::check_failed(#cond, __FILE__, __LINE__,                               \
-                                     ::linmoe::detail::concat("" __VA_OPT__(, ) __VA_ARGS__)); \
-    }                                                                                         \
+// LINMOE_CHECK(cond) or LINMOE_CHECK(cond, "message parts ", value, ...). The trailing "" keeps
+// the variadic part non-empty in C++17 without __VA_OPT__.
+#define LINMOE_CHECK(...) LINMOE_CHECK_IMPL(__VA_ARGS__, "")
+#define LINMOE_CHECK_IMPL(cond, ...)                                             \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      ::linmoe::detail::check_failed(#cond, __FILE__, __LINE__,                  \
+                                     ::linmoe::detail::concat(__VA_ARGS__));     \
+    }                                                                            \
   } while (0)

@@ -4,8 +4,12 @@
 
 namespace linmoe {
 
-int cmd_train(int argc, char** argv);
-int cmd_eval(int argc, char** argv);
+class Runtime;
+
+// Commands that run the model get the MPI runtime (ranks, groups, threads per rank).
+int cmd_train(Runtime& runtime, int argc, char** argv);
+int cmd_eval(Runtime& runtime, int argc, char** argv);
+// Single-process tools.
 int cmd_preprocess(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_convert(int argc, char** argv);

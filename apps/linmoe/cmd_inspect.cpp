@@ -1,0 +1,108 @@
+// linmoe inspect: the resolved config, parameter counts (total and active per token), and the
+// parallel layout table (which global rank holds which tp/cp/dp/pp/ep coordinates).
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "apps/linmoe/args.h"
+#include "apps/linmoe/commands.h"
+#include "core/config.h"
+#include "layers/model_spec.h"
+#include "parallel/process_groups.h"
+
+namespace linmoe {
+namespace {
+
+std::string human(std::int64_t n) {
+  char buf[32];
+  if (n >= 1000000000) {
+    std::snprintf(buf, sizeof(buf), "%.2fB", static_cast<double>(n) / 1e9);
+  } else if (n >= 1000000) {
+    std::snprintf(buf, sizeof(buf), "%.2fM", static_cast<double>(n) / 1e6);
+  } else if (n >= 1000) {
+    std::snprintf(buf, sizeof(buf), "%.1fK", static_cast<double>(n) / 1e3);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(n));
+  }
+  return buf;
+}
+
+void print_parameters(const ModelConfig& m, bool list_tensors) {
+  std::vector<ModelParam> params = model_parameters(m);
+  std::map<std::string, std::pair<int, std::int64_t>> by_role;  // role -> tensors, values
+  for (const ModelParam& p : params) {
+    auto& e = by_role[param_role_name(p.role)];
+    e.first += 1;
+    e.second += p.shape.numel();
+  }
+  ParamCounts n = count_parameters(m);
+  std::printf("\nparameters (%zu tensors)\n", params.size());
+  std::printf("  %-16s %8s %16s\n", "role", "tensors", "values");
+  for (const auto& [role, e] : by_role) {
+    std::printf("  %-16s %8d %16lld  (%s)\n", role.c_str(), e.first,
+                static_cast<long long>(e.second), human(e.second).c_str());
+  }
+  std::printf("  %-25s %16lld  (%s)\n", "total", static_cast<long long>(n.total),
+              human(n.total).c_str());
+  std::printf("  %-25s %16lld  (%s)\n", "total excl. embeddings",
+              static_cast<long long>(n.total_non_embedding()), human(n.total_non_embedding()).c_str());
+  std::printf("  %-25s %16lld  (%s)\n", "active per token", static_cast<long long>(n.active),
+              human(n.active).c_str());
+  std::printf("  %-25s %16lld  (%s)\n", "active excl. embeddings",
+              static_cast<long long>(n.active_non_embedding()),
+              human(n.active_non_embedding()).c_str());
+  std::printf("  (embeddings = embed.weight%s; active counts top_k/num_experts of the routed "
+              "experts and everything else whole)\n",
+              m.tie_embeddings ? ", tied with the LM head" : " + lm_head.weight");
+  if (list_tensors) {
+    std::printf("\n  %-48s %-20s %-15s %s\n", "name", "shape", "role", "init");
+    for (const ModelParam& p : params) {
+      std::printf("  %-48s %-20s %-15s %s\n", p.name.c_str(), p.shape.str().c_str(),
+                  param_role_name(p.role), init_kind_name(p.init));
+    }
+  }
+}
+
+}  // namespace
+
+int cmd_inspect(int argc, char** argv) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  int world_size = 0;
+  bool list_tensors = false;
+  ArgParser args("linmoe inspect",
+                 "Prints the resolved config, parameter counts (total and active per token) and "
+                 "the parallel layout table.");
+  args.option("--config", &config_path, "FILE", "the run's YAML config", true);
+  args.alias("-c", "--config");
+  args.multi_option("--set", &overrides, "KEY=VALUE", "override a config key");
+  args.option("--world-size", &world_size, "N",
+              "ranks to lay out (default: tensor x context x pipeline x data, data auto = 1)");
+  args.flag("--tensors", &list_tensors, "list every parameter tensor with its shape");
+  if (!args.parse(argc, argv)) return 0;
+
+  Config cfg = load_config(config_path, overrides);
+  if (world_size <= 0) {
+    const ParallelConfig& p = cfg.parallel;
+    int dp = p.data > 0 ? p.data : 1;
+    // ep must divide cp·dp: grow dp until it does (the smallest world this layout runs on).
+    while ((p.context * dp) % p.expert != 0) ++dp;
+    world_size = p.tensor * p.context * p.pipeline * dp;
+  }
+  resolve_parallel(cfg, world_size);
+
+  std::printf("config %s (resolved)\n%s", cfg.source_path.c_str(), cfg.resolved_yaml.c_str());
+  print_parameters(cfg.model, list_tensors);
+
+  const ParallelConfig& p = cfg.parallel;
+  Layout layout = layout_from_config(p);
+  std::printf("\nparallel layout: world %d = tensor %d x context %d x data %d x pipeline %d; "
+              "expert %d; %d micro-batches of %d per replica per step\n",
+              world_size, p.tensor, p.context, p.data, p.pipeline, p.expert, p.micro_batches,
+              cfg.train.micro_batch_size);
+  std::printf("%s", layout_table(layout).c_str());
+  return 0;
+}
+
+}  // namespace linmoe
