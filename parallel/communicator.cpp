@@ -1,0 +1,196 @@
+#include "parallel/communicator.h"
+
+#include <utility>
+
+namespace linmoe {
+
+const char* reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::max:
+      return "max";
+    case ReduceOp::min:
+      return "min";
+  }
+  return "?";
+}
+
+Communicator::Communicator(int rank, int size, std::string name)
+    : rank_(rank), size_(size), name_(std::move(name)) {
+  LINMOE_CHECK(size_ >= 1 && rank_ >= 0 && rank_ < size_, "communicator ", name_, ": rank ", rank_,
+               " of ", size_);
+}
+
+void Communicator::check_tensor(const Tensor& t, const char* op, const char* arg) const {
+  check_contiguous(t, op, arg);
+  LINMOE_CHECK(t.device == device(), op, " on ", name_, ": ", arg, " ", t.str(), " is not on ",
+               device_name(device()));
+  LINMOE_CHECK(t.data != nullptr || t.numel() == 0, op, ": ", arg, " has no data");
+}
+
+void Communicator::check_peer(int peer, const char* op) const {
+  LINMOE_CHECK(peer >= 0 && peer < size_, op, " on ", name_, ": rank ", peer, " is outside [0, ",
+               size_, ")");
+}
+
+// ---- raw buffers: check once here, for every backend --------------------------------------------
+
+void Communicator::all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) {
+  LINMOE_CHECK(count >= 0 && (data || count == 0), "all_reduce on ", name_, ": count ", count);
+  if (count > 0) do_all_reduce(data, count, dtype, op);
+}
+
+void Communicator::reduce_scatter(const void* in, void* out, std::int64_t count, DType dtype,
+                                  ReduceOp op) {
+  LINMOE_CHECK(count >= 0 && ((in && out) || count == 0), "reduce_scatter on ", name_, ": count ",
+               count);
+  if (count > 0) do_reduce_scatter(in, out, count, dtype, op);
+}
+
+void Communicator::all_gather(const void* in, void* out, std::int64_t count, DType dtype) {
+  LINMOE_CHECK(count >= 0 && ((in && out) || count == 0), "all_gather on ", name_, ": count ",
+               count);
+  if (count > 0) do_all_gather(in, out, count, dtype);
+}
+
+void Communicator::all_to_all_v(const void* send, const std::vector<std::int64_t>& send_counts,
+                                const std::vector<std::int64_t>& send_displs, void* recv,
+                                const std::vector<std::int64_t>& recv_counts,
+                                const std::vector<std::int64_t>& recv_displs, DType dtype) {
+  const std::size_t n = static_cast<std::size_t>(size_);
+  LINMOE_CHECK(send_counts.size() == n && send_displs.size() == n && recv_counts.size() == n &&
+                   recv_displs.size() == n,
+               "all_to_all_v on ", name_, ": counts and displacements need ", n, " entries each");
+  for (std::size_t q = 0; q < n; ++q) {
+    LINMOE_CHECK(
+        send_counts[q] >= 0 && send_displs[q] >= 0 && recv_counts[q] >= 0 && recv_displs[q] >= 0,
+        "all_to_all_v on ", name_, ": negative count or displacement for rank ", q);
+    LINMOE_CHECK((send || send_counts[q] == 0) && (recv || recv_counts[q] == 0), "all_to_all_v on ",
+                 name_, ": null buffer with a non-zero count for rank ", q);
+  }
+  // Collective even when this rank moves nothing: other ranks may still send to it.
+  do_all_to_all_v(send, send_counts.data(), send_displs.data(), recv, recv_counts.data(),
+                  recv_displs.data(), dtype);
+}
+
+void Communicator::send(const void* data, std::int64_t count, DType dtype, int peer, int tag) {
+  check_peer(peer, "send");
+  LINMOE_CHECK(count >= 0 && (data || count == 0) && tag >= 0 && tag <= kMaxTag, "send on ", name_,
+               ": count ", count, ", tag ", tag);
+  do_send(data, count, dtype, peer, tag);
+}
+
+void Communicator::recv(void* data, std::int64_t count, DType dtype, int peer, int tag) {
+  check_peer(peer, "recv");
+  LINMOE_CHECK(count >= 0 && (data || count == 0) && tag >= 0 && tag <= kMaxTag, "recv on ", name_,
+               ": count ", count, ", tag ", tag);
+  do_recv(data, count, dtype, peer, tag);
+}
+
+void Communicator::broadcast(void* data, std::int64_t count, DType dtype, int root) {
+  check_peer(root, "broadcast");
+  LINMOE_CHECK(count >= 0 && (data || count == 0), "broadcast on ", name_, ": count ", count);
+  if (count > 0) do_broadcast(data, count, dtype, root);
+}
+
+void Communicator::barrier() {
+  do_barrier();
+}
+
+// ---- tensors ------------------------------------------------------------------------------------
+
+void Communicator::all_reduce(const Tensor& t, ReduceOp op) {
+  check_tensor(t, "all_reduce", "t");
+  all_reduce(t.data, t.numel(), t.dtype, op);
+}
+
+void Communicator::reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) {
+  check_tensor(in, "reduce_scatter", "in");
+  check_tensor(out, "reduce_scatter", "out");
+  check_same_dtype(in, out, "reduce_scatter");
+  LINMOE_CHECK(in.numel() == out.numel() * size_, "reduce_scatter on ", name_, ": in ", in.str(),
+               " must hold ", size_, " x out ", out.str());
+  reduce_scatter(in.data, out.data, out.numel(), out.dtype, op);
+}
+
+void Communicator::all_gather(const Tensor& in, const Tensor& out) {
+  check_tensor(in, "all_gather", "in");
+  check_tensor(out, "all_gather", "out");
+  check_same_dtype(in, out, "all_gather");
+  LINMOE_CHECK(out.numel() == in.numel() * size_, "all_gather on ", name_, ": out ", out.str(),
+               " must hold ", size_, " x in ", in.str());
+  all_gather(in.data, out.data, in.numel(), in.dtype);
+}
+
+void Communicator::all_to_all_v(const Tensor& send, const std::vector<std::int64_t>& send_counts,
+                                const std::vector<std::int64_t>& send_displs, const Tensor& recv,
+                                const std::vector<std::int64_t>& recv_counts,
+                                const std::vector<std::int64_t>& recv_displs) {
+  check_tensor(send, "all_to_all_v", "send");
+  check_tensor(recv, "all_to_all_v", "recv");
+  check_same_dtype(send, recv, "all_to_all_v");
+  // Sizes are checked by the raw call; here only that each block fits its tensor.
+  for (std::size_t q = 0; q < send_counts.size() && q < send_displs.size(); ++q) {
+    LINMOE_CHECK(send_displs[q] + send_counts[q] <= send.numel(), "all_to_all_v on ", name_,
+                 ": block for rank ", q, " ends at ", send_displs[q] + send_counts[q],
+                 ", past send ", send.str());
+  }
+  for (std::size_t q = 0; q < recv_counts.size() && q < recv_displs.size(); ++q) {
+    LINMOE_CHECK(recv_displs[q] + recv_counts[q] <= recv.numel(), "all_to_all_v on ", name_,
+                 ": block from rank ", q, " ends at ", recv_displs[q] + recv_counts[q],
+                 ", past recv ", recv.str());
+  }
+  all_to_all_v(send.data, send_counts, send_displs, recv.data, recv_counts, recv_displs,
+               send.dtype);
+}
+
+void Communicator::send(const Tensor& t, int peer, int tag) {
+  check_tensor(t, "send", "t");
+  send(t.data, t.numel(), t.dtype, peer, tag);
+}
+
+void Communicator::recv(const Tensor& t, int peer, int tag) {
+  check_tensor(t, "recv", "t");
+  recv(t.data, t.numel(), t.dtype, peer, tag);
+}
+
+void Communicator::broadcast(const Tensor& t, int root) {
+  check_tensor(t, "broadcast", "t");
+  broadcast(t.data, t.numel(), t.dtype, root);
+}
+
+// ---- host scalars -------------------------------------------------------------------------------
+
+double Communicator::all_reduce_sum(double v) {
+  do_host_all_reduce(&v, 1, DType::f64, ReduceOp::sum);
+  return v;
+}
+
+double Communicator::all_reduce_max(double v) {
+  do_host_all_reduce(&v, 1, DType::f64, ReduceOp::max);
+  return v;
+}
+
+double Communicator::all_reduce_min(double v) {
+  do_host_all_reduce(&v, 1, DType::f64, ReduceOp::min);
+  return v;
+}
+
+std::int64_t Communicator::all_reduce_sum_i64(std::int64_t v) {
+  do_host_all_reduce(&v, 1, DType::i64, ReduceOp::sum);
+  return v;
+}
+
+std::int64_t Communicator::all_reduce_max_i64(std::int64_t v) {
+  do_host_all_reduce(&v, 1, DType::i64, ReduceOp::max);
+  return v;
+}
+
+std::vector<std::int64_t> Communicator::all_gather(std::int64_t v) {
+  std::vector<std::int64_t> out(static_cast<std::size_t>(size_));
+  do_host_all_gather(&v, out.data(), 1, DType::i64);
+  return out;
+}
+
+}  // namespace linmoe
