@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "core/log.h"
@@ -33,6 +34,9 @@ class HostAllocator final : public Allocator {
     if (!p) return;
     std::free(p);
     record_allocation(Device::cpu, -static_cast<std::ptrdiff_t>(bytes));
+  }
+  void set_zero(void* p, std::size_t bytes) override {
+    if (p) std::memset(p, 0, bytes);
   }
 };
 
@@ -92,6 +96,10 @@ void Buffer::release() {
   if (allocator_ && data_) allocator_->deallocate(data_, bytes_);
   data_ = nullptr;
   bytes_ = 0;
+}
+
+void Buffer::set_zero() {
+  if (allocator_ && data_) allocator_->set_zero(data_, bytes_);
 }
 
 Tensor Buffer::view(DType dtype, const Shape& shape, std::size_t byte_offset) const {

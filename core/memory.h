@@ -14,6 +14,7 @@ class Allocator {
   virtual Device device() const = 0;
   virtual void* allocate(std::size_t bytes) = 0;  // never returns null for bytes > 0
   virtual void deallocate(void* p, std::size_t bytes) = 0;
+  virtual void set_zero(void* p, std::size_t bytes) = 0;  // memset to 0 on the device
 };
 
 // 64-byte aligned host memory (cache lines, AVX-512 loads).
@@ -42,6 +43,7 @@ class Buffer {
   std::size_t bytes() const { return bytes_; }
   Device device() const { return allocator_ ? allocator_->device() : Device::cpu; }
   const std::string& name() const { return name_; }
+  void set_zero();  // every byte 0
   // A contiguous tensor over the buffer starting at byte_offset.
   Tensor view(DType dtype, const Shape& shape, std::size_t byte_offset = 0) const;
 

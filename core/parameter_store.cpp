@@ -44,6 +44,9 @@ void ParameterStore::allocate(Allocator& allocator, DType param_dtype, DType gra
   auto n = static_cast<std::size_t>(off);
   params_ = Buffer(allocator, n * dtype_size(param_dtype), "parameters");
   grads_ = Buffer(allocator, n * dtype_size(grad_dtype), "gradients");
+  // Zeroed, so the alignment padding never feeds norms, reductions or checksums.
+  params_.set_zero();
+  grads_.set_zero();
   log_info("parameters: ", specs_.size(), " tensors, ", numel(), " values; ",
            format_bytes(double(params_.bytes())), " weights + ",
            format_bytes(double(grads_.bytes())), " gradients on ", device_name(allocator.device()));

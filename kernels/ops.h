@@ -126,6 +126,77 @@ class Backend {
                                          const Tensor& d_log_decay,
                                          const Tensor& d_initial_state) = 0;
 
+  // ---- RoPE and causal softmax attention (MODEL.md 2) ------------------------------------------
+  // Rotate-half RoPE on x: [B, T, H, d] (d even), token t at global position position_offset + t:
+  // for j < d/2, θ_j = theta^(−2j/d): (x_j, x_{j+d/2}) → (x_j cos − x_{j+d/2} sin,
+  // x_{j+d/2} cos + x_j sin) with angle (position_offset + t)·θ_j. y may alias x (in place).
+  virtual void rope_forward(const Tensor& x, const Tensor& y, double theta,
+                            std::int64_t position_offset) = 0;
+  // The transpose (inverse rotation): dx from dy. dx may alias dy.
+  virtual void rope_backward(const Tensor& dy, const Tensor& dx, double theta,
+                             std::int64_t position_offset) = 0;
+  // Causal attention with GQA. q, o: [B, Tq, Hq, d]; k, v: [B, Tk, Hkv, d]; lse: [B, Hq, Tq] stat.
+  // Query i sits at global position q_offset + i and sees keys j ≤ q_offset + i (keys sit at
+  // positions 0..Tk−1: with context parallelism K and V are all-gathered, Tk = q_offset + Tq at
+  // the last piece); query head h reads kv head ⌊h·Hkv/Hq⌋. o_i = Σ_j softmax_j(scale·q_i·k_j) v_j;
+  // lse_i = log Σ_j exp(scale·q_i·k_j) over the visible keys. No Tq×Tk matrix is stored.
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                                 std::int64_t q_offset, const Tensor& o, const Tensor& lse) = 0;
+  // dq, dk, dv overwritten (dk, dv: [B, Tk, Hkv, d], summed over the query heads sharing them;
+  // under context parallelism the layer then reduce-scatters them). Recomputes probabilities
+  // from lse.
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& o, const Tensor& lse, const Tensor& d_o,
+                                  double scale, std::int64_t q_offset, const Tensor& dq,
+                                  const Tensor& dk, const Tensor& dv) = 0;
+
+  // ---- MoE routing and token permutation (MODEL.md 4) ---------------------------------------------
+  // Top-k of each row of probs: [N, E] (the router softmax, stat dtype). expert_ids: [N, k] i32 in
+  // descending probability, ties to the lower expert index; weights: [N, k] (probs' dtype) = the
+  // selected probabilities, renormalised to sum 1 over the k when `renormalize`.
+  virtual void moe_topk(const Tensor& probs, int k, bool renormalize, const Tensor& expert_ids,
+                        const Tensor& weights) = 0;
+  // Capacity dropping: each expert keeps at most `capacity` of its assignments, those with the
+  // highest selected probability probs[n, expert_ids[n, s]] (before renormalisation), ties to the
+  // lower token index n. keep: [N, k] i32, 1 = kept, 0 = dropped.
+  virtual void moe_capacity_keep(const Tensor& probs, const Tensor& expert_ids,
+                                 std::int64_t capacity, const Tensor& keep) = 0;
+  // The dispatch plan. Assignment a = n·k + s (token n, slot s) goes to expert expert_ids[n, s]
+  // unless keep[n, s] == 0 (keep may be undefined: all kept). order: [N·k] i32 lists the kept
+  // assignments grouped by expert (expert 0 first), token order within an expert, then −1 for
+  // the dropped ones at the end; counts: [E] i64 kept assignments per expert. Returns the number
+  // of kept assignments A.
+  virtual std::int64_t moe_dispatch_plan(const Tensor& expert_ids, const Tensor& keep,
+                                         int num_experts, const Tensor& order,
+                                         const Tensor& counts) = 0;
+  // Gather rows for the experts: out[i] = x[order[i] / k] for i < A. x: [N, D], out: [A, D].
+  virtual void moe_permute(const Tensor& x, const Tensor& order, int k, const Tensor& out) = 0;
+  // Its gradient: dx[n] += Σ_{i: order[i]/k == n} dout[i] (ACCUMULATES; deterministic order).
+  virtual void moe_permute_backward(const Tensor& dout, const Tensor& order, int k,
+                                    const Tensor& dx) = 0;
+  // Combine expert outputs: out[n] (+)= Σ_{i: order[i]/k == n} weights.flat[order[i]] · y[i].
+  // y: [A, D]; weights: [N, k]; out: [N, D] overwritten unless accumulate (tokens with no kept
+  // assignment get 0, or keep their value when accumulating).
+  virtual void moe_unpermute(const Tensor& y, const Tensor& order, const Tensor& weights,
+                             const Tensor& out, bool accumulate) = 0;
+  // Its gradients: dy[i] = w·dout[n], d_weights.flat[order[i]] = ⟨dout[n], y[i]⟩ (overwritten;
+  // dropped slots get 0). d_weights may be undefined.
+  virtual void moe_unpermute_backward(const Tensor& dout, const Tensor& y, const Tensor& order,
+                                      const Tensor& weights, const Tensor& dy,
+                                      const Tensor& d_weights) = 0;
+
+  // ---- optimizer updates (MODEL.md 5), in place on one contiguous parameter range -----------------
+  // AdamW, PyTorch semantics, step s ≥ 1: p ← p·(1 − lr·wd); m ← β1 m + (1−β1) g;
+  // v ← β2 v + (1−β2) g²; p ← p − lr · (m / (1−β1^s)) / (sqrt(v / (1−β2^s)) + eps).
+  // p, g, m, v: same shape; p/m/v f32 (master weights and state), g f32.
+  virtual void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                            double lr, double beta1, double beta2, double eps,
+                            double weight_decay, std::int64_t step) = 0;
+  // SGD as torch.optim.SGD (dampening 0, no Nesterov): d = g + wd·p; buf ← μ·buf + d (buf starts
+  // at 0, so step 1 sets buf = d); p ← p − lr·buf. With μ = 0 buf may be undefined: p ← p − lr·d.
+  virtual void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, double lr,
+                          double momentum, double weight_decay, std::int64_t step) = 0;
+
   // ---- reductions (accumulated in f64; results on the host) -------------------------------------
   virtual double sum(const Tensor& x) = 0;
   virtual double sum_squares(const Tensor& x) = 0;

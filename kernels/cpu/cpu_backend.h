@@ -63,6 +63,38 @@ class CpuBackend final : public Backend {
                                  const Tensor& dv, const Tensor& d_log_decay,
                                  const Tensor& d_initial_state) override;
 
+  void rope_forward(const Tensor& x, const Tensor& y, double theta,
+                    std::int64_t position_offset) override;
+  void rope_backward(const Tensor& dy, const Tensor& dx, double theta,
+                     std::int64_t position_offset) override;
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                         std::int64_t q_offset, const Tensor& o, const Tensor& lse) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                          const Tensor& lse, const Tensor& d_o, double scale,
+                          std::int64_t q_offset, const Tensor& dq, const Tensor& dk,
+                          const Tensor& dv) override;
+
+  void moe_topk(const Tensor& probs, int k, bool renormalize, const Tensor& expert_ids,
+                const Tensor& weights) override;
+  void moe_capacity_keep(const Tensor& probs, const Tensor& expert_ids, std::int64_t capacity,
+                         const Tensor& keep) override;
+  std::int64_t moe_dispatch_plan(const Tensor& expert_ids, const Tensor& keep, int num_experts,
+                                 const Tensor& order, const Tensor& counts) override;
+  void moe_permute(const Tensor& x, const Tensor& order, int k, const Tensor& out) override;
+  void moe_permute_backward(const Tensor& dout, const Tensor& order, int k,
+                            const Tensor& dx) override;
+  void moe_unpermute(const Tensor& y, const Tensor& order, const Tensor& weights,
+                     const Tensor& out, bool accumulate) override;
+  void moe_unpermute_backward(const Tensor& dout, const Tensor& y, const Tensor& order,
+                              const Tensor& weights, const Tensor& dy,
+                              const Tensor& d_weights) override;
+
+  void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
+                    double beta1, double beta2, double eps, double weight_decay,
+                    std::int64_t step) override;
+  void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
+                  double weight_decay, std::int64_t step) override;
+
   double sum(const Tensor& x) override;
   double sum_squares(const Tensor& x) override;
   double max_abs(const Tensor& x) override;

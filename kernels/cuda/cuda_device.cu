@@ -1,6 +1,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <string>
 
 #include "kernels/cuda/cuda_device.h"
 
@@ -22,10 +23,10 @@ std::string cuda_device_description(int device) {
     cudaGetLastError();
     return {};
   }
-  char buf[256];
-  std::snprintf(buf, sizeof(buf), "%s, sm_%d%d, %.1f GiB", prop.name, prop.major, prop.minor,
+  char tail[64];
+  std::snprintf(tail, sizeof(tail), ", sm_%d%d, %.1f GiB", prop.major, prop.minor,
                 static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
-  return buf;
+  return std::string(prop.name) + tail;
 }
 
 }  // namespace linmoe
