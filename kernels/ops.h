@@ -111,6 +111,9 @@ class Backend {
   // in the stat dtype, either may be undefined (Tensor{}). Computed chunk by chunk (chunk_size
   // tokens: intra-chunk attention-like GEMMs plus an inter-chunk state pass); the result does not
   // depend on chunk_size beyond rounding. Any T ≥ 1 (not a multiple of the chunk is fine).
+  // log_decay must be finite (−inf would give NaN; positive values are not checked). q, k, v, o
+  // and the gradients may be row-strided views (last dimension contiguous), e.g. slices of a
+  // fused projection; the states must be contiguous.
   virtual void lsm_scalar_decay_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                         const Tensor& log_decay, double scale, int chunk_size,
                                         const Tensor& initial_state, const Tensor& o,
@@ -140,6 +143,7 @@ class Backend {
   // positions 0..Tk−1: with context parallelism K and V are all-gathered, Tk = q_offset + Tq at
   // the last piece); query head h reads kv head ⌊h·Hkv/Hq⌋. o_i = Σ_j softmax_j(scale·q_i·k_j) v_j;
   // lse_i = log Σ_j exp(scale·q_i·k_j) over the visible keys. No Tq×Tk matrix is stored.
+  // Requires Hq % Hkv == 0, 0 ≤ q_offset and q_offset + Tq ≤ Tk.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                                  std::int64_t q_offset, const Tensor& o, const Tensor& lse) = 0;
   // dq, dk, dv overwritten (dk, dv: [B, Tk, Hkv, d], summed over the query heads sharing them;
@@ -169,6 +173,8 @@ class Backend {
   virtual std::int64_t moe_dispatch_plan(const Tensor& expert_ids, const Tensor& keep,
                                          int num_experts, const Tensor& order,
                                          const Tensor& counts) = 0;
+  // In the three permutation ops A is exactly the plan's kept count: order's first A entries are
+  // distinct and ≥ 0, the rest −1 (checked, so a wrongly sized y/out never loses assignments).
   // Gather rows for the experts: out[i] = x[order[i] / k] for i < A. x: [N, D], out: [A, D].
   virtual void moe_permute(const Tensor& x, const Tensor& order, int k, const Tensor& out) = 0;
   // Its gradient: dx[n] += Σ_{i: order[i]/k == n} dout[i] (ACCUMULATES; deterministic order).
