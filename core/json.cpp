@@ -27,12 +27,18 @@ Json Json::object(Object o) {
 
 const char* Json::type_name(Type t) {
   switch (t) {
-    case Type::null: return "null";
-    case Type::boolean: return "a boolean";
-    case Type::number: return "a number";
-    case Type::string: return "a string";
-    case Type::array: return "an array";
-    case Type::object: return "an object";
+    case Type::null:
+      return "null";
+    case Type::boolean:
+      return "a boolean";
+    case Type::number:
+      return "a number";
+    case Type::string:
+      return "a string";
+    case Type::array:
+      return "an array";
+    case Type::object:
+      return "an object";
   }
   return "?";
 }
@@ -109,7 +115,9 @@ Json& Json::operator[](std::string_view key) {
   return o.back().second;
 }
 
-void Json::push_back(Json v) { mutable_array().push_back(std::move(v)); }
+void Json::push_back(Json v) {
+  mutable_array().push_back(std::move(v));
+}
 
 std::size_t Json::size() const {
   if (type_ == Type::array) return arr_.size();
@@ -120,13 +128,18 @@ std::size_t Json::size() const {
 bool Json::operator==(const Json& o) const {
   if (type_ != o.type_) return false;
   switch (type_) {
-    case Type::null: return true;
-    case Type::boolean: return bool_ == o.bool_;
+    case Type::null:
+      return true;
+    case Type::boolean:
+      return bool_ == o.bool_;
     case Type::number:
       return (is_int_ && o.is_int_) ? int_ == o.int_ : num_ == o.num_;
-    case Type::string: return str_ == o.str_;
-    case Type::array: return arr_ == o.arr_;
-    case Type::object: return obj_ == o.obj_;
+    case Type::string:
+      return str_ == o.str_;
+    case Type::array:
+      return arr_ == o.arr_;
+    case Type::object:
+      return obj_ == o.obj_;
   }
   return false;
 }
@@ -183,9 +196,12 @@ class Parser {
     if (pos_ >= s_.size()) fail("unexpected end of input");
     char c = s_[pos_];
     switch (c) {
-      case '{': return parse_object(depth);
-      case '[': return parse_array(depth);
-      case '"': return Json(parse_string());
+      case '{':
+        return parse_object(depth);
+      case '[':
+        return parse_array(depth);
+      case '"':
+        return Json(parse_string());
       case 't':
         if (consume_literal("true")) return Json(true);
         break;
@@ -318,14 +334,30 @@ class Parser {
       if (pos_ >= s_.size()) fail("unterminated string");
       char e = s_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           unsigned cp = hex4();
           if (cp >= 0xD800 && cp < 0xDC00) {
@@ -350,7 +382,8 @@ class Parser {
           append_utf8(out, cp);
           break;
         }
-        default: fail(str_cat("bad escape '\\", e, "'"));
+        default:
+          fail(str_cat("bad escape '\\", e, "'"));
       }
     }
   }
@@ -400,8 +433,12 @@ void dump_value(const Json& v, int indent, int level, std::string& out) {
     out.append(static_cast<std::size_t>(indent * lvl), ' ');
   };
   switch (v.type()) {
-    case Json::Type::null: out += "null"; return;
-    case Json::Type::boolean: out += v.as_bool() ? "true" : "false"; return;
+    case Json::Type::null:
+      out += "null";
+      return;
+    case Json::Type::boolean:
+      out += v.as_bool() ? "true" : "false";
+      return;
     case Json::Type::number: {
       if (v.is_int()) {
         out += std::to_string(v.as_int());
@@ -423,7 +460,9 @@ void dump_value(const Json& v, int indent, int level, std::string& out) {
       out += s;
       return;
     }
-    case Json::Type::string: append_json_string(out, v.as_string()); return;
+    case Json::Type::string:
+      append_json_string(out, v.as_string());
+      return;
     case Json::Type::array: {
       const Json::Array& a = v.as_array();
       out += '[';
@@ -479,13 +518,27 @@ void append_json_string(std::string& out, std::string_view s) {
   for (char ch : s) {
     unsigned char c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20) {
           out += "\\u00";

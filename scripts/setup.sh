@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(build-essential cmake libopenmpi-dev openmpi-bin libyaml-cpp-dev libspdlog-dev catch2
           clang-format python3 ${LINMOE_EXTRA_PACKAGES:-})
 # The bundled corpus's text package (see docs/DATA.md).
-packages+=(bible-kjv-text)
+packages+=(bible-kjv bible-kjv-text)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
