@@ -18,12 +18,16 @@ ProcessIdentity& identity() {
   return id;
 }
 
-void default_fatal_handler(int exit_code) { std::exit(exit_code); }
+void default_fatal_handler(int exit_code) {
+  std::exit(exit_code);
+}
 FatalHandler g_fatal_handler = default_fatal_handler;
 
 }  // namespace
 
-const ProcessIdentity& process_identity() { return identity(); }
+const ProcessIdentity& process_identity() {
+  return identity();
+}
 
 void set_process_identity(int rank, int world_size) {
   identity().rank = rank;
@@ -46,7 +50,8 @@ void fatal_error(const std::string& message, int exit_code) {
 
 namespace detail {
 void check_failed(const char* expr, const char* file, int line, const std::string& msg) {
-  fatal_error(concat("check failed: ", expr, " at ", file, ":", line, msg.empty() ? "" : ": ", msg));
+  fatal_error(
+      concat("check failed: ", expr, " at ", file, ":", line, msg.empty() ? "" : ": ", msg));
 }
 }  // namespace detail
 

@@ -49,7 +49,8 @@ std::string concat(const Args&... args) {
   (os << ... << args);
   return os.str();
 }
-[[noreturn]] void check_failed(const char* expr, const char* file, int line, const std::string& msg);
+[[noreturn]] void check_failed(const char* expr, const char* file, int line,
+                               const std::string& msg);
 }  // namespace detail
 
 template <class... Args>
@@ -62,10 +63,10 @@ std::string str_cat(const Args&... args) {
 // LINMOE_CHECK(cond) or LINMOE_CHECK(cond, "message parts ", value, ...). The trailing "" keeps
 // the variadic part non-empty in C++17 without __VA_OPT__.
 #define LINMOE_CHECK(...) LINMOE_CHECK_IMPL(__VA_ARGS__, "")
-#define LINMOE_CHECK_IMPL(cond, ...)                                             \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      ::linmoe::detail::check_failed(#cond, __FILE__, __LINE__,                  \
-                                     ::linmoe::detail::concat(__VA_ARGS__));     \
-    }                                                                            \
+#define LINMOE_CHECK_IMPL(cond, ...)                                         \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      ::linmoe::detail::check_failed(#cond, __FILE__, __LINE__,              \
+                                     ::linmoe::detail::concat(__VA_ARGS__)); \
+    }                                                                        \
   } while (0)

@@ -86,7 +86,9 @@ struct ModelConfig {
   MoeConfig moe;
 
   // 'L' or 'N' of layer i (the pattern repeats).
-  char layer_kind(int i) const { return layer_pattern[static_cast<std::size_t>(i) % layer_pattern.size()]; }
+  char layer_kind(int i) const {
+    return layer_pattern[static_cast<std::size_t>(i) % layer_pattern.size()];
+  }
 };
 
 struct ParallelConfig {
@@ -153,8 +155,8 @@ struct DataConfig {
 };
 
 struct CheckpointConfig {
-  std::string dir;  // resolved: default <run.output_dir>/ckpt
-  int interval = 0;  // 0 = only at the end
+  std::string dir;            // resolved: default <run.output_dir>/ckpt
+  int interval = 0;           // 0 = only at the end
   std::string load = "auto";  // auto | none | PATH
   bool save_initial = false;
   int keep_last = 3;

@@ -17,9 +17,8 @@ namespace {
 constexpr std::int64_t kMaxI32 = INT32_MAX;
 
 LsmType parse_lsm_type(const std::string& s) {
-  for (LsmType t : {LsmType::linear_attention, LsmType::lightning, LsmType::retention,
-                    LsmType::gla, LsmType::hgrn2, LsmType::deltanet, LsmType::gated_deltanet,
-                    LsmType::mamba2}) {
+  for (LsmType t : {LsmType::linear_attention, LsmType::lightning, LsmType::retention, LsmType::gla,
+                    LsmType::hgrn2, LsmType::deltanet, LsmType::gated_deltanet, LsmType::mamba2}) {
     if (s == lsm_type_name(t)) return t;
   }
   LINMOE_CHECK(false, "unhandled lsm type ", s);
@@ -27,7 +26,8 @@ LsmType parse_lsm_type(const std::string& s) {
 }
 
 FeatureMap parse_feature_map(const std::string& s) {
-  for (FeatureMap f : {FeatureMap::identity, FeatureMap::silu, FeatureMap::elu1, FeatureMap::relu}) {
+  for (FeatureMap f :
+       {FeatureMap::identity, FeatureMap::silu, FeatureMap::elu1, FeatureMap::relu}) {
     if (s == feature_map_name(f)) return f;
   }
   LINMOE_CHECK(false, "unhandled feature map ", s);
@@ -51,22 +51,22 @@ void read_attention(ConfigSection s, int hidden, AttentionConfig& a) {
     a.head_dim = static_cast<int>(s.get_int("head_dim", 0, 2, kMaxI32));
   } else {
     if (hidden % a.num_heads != 0) {
-      s.fail("num_heads", str_cat("must divide model.hidden_size = ", hidden,
-                                  " when head_dim is not given"));
+      s.fail("num_heads",
+             str_cat("must divide model.hidden_size = ", hidden, " when head_dim is not given"));
     }
     a.head_dim = hidden / a.num_heads;
   }
-  if (a.head_dim % 2 != 0) s.fail_value("head_dim", std::to_string(a.head_dim), "must be even (RoPE rotates halves)");
+  if (a.head_dim % 2 != 0)
+    s.fail_value("head_dim", std::to_string(a.head_dim), "must be even (RoPE rotates halves)");
   a.rope_theta = s.get_double("rope_theta", a.rope_theta, 0, 1e300, true, false);
   a.qkv_bias = s.get_bool("qkv_bias", a.qkv_bias);
   s.finish();
 }
 
 void read_lsm(ConfigSection s, int hidden, int attention_heads, LsmConfig& l) {
-  l.type = parse_lsm_type(s.get_choice(
-      "type", "lightning",
-      {"linear_attention", "lightning", "retention", "gla", "hgrn2", "deltanet", "gated_deltanet",
-       "mamba2"}));
+  l.type = parse_lsm_type(s.get_choice("type", "lightning",
+                                       {"linear_attention", "lightning", "retention", "gla",
+                                        "hgrn2", "deltanet", "gated_deltanet", "mamba2"}));
   l.conv_size = static_cast<int>(s.get_int("conv_size", 4, 0, 64));
   l.chunk_size = static_cast<int>(s.get_int("chunk_size", 64, 1, 4096));
   const bool mamba = l.type == LsmType::mamba2;
@@ -104,16 +104,16 @@ void read_lsm(ConfigSection s, int hidden, int attention_heads, LsmConfig& l) {
     auto default_dim = [&](const char* key) {
       if (s.has(key)) return static_cast<int>(s.get_int(key, 0, 1, kMaxI32));
       if (hidden % l.num_heads != 0) {
-        s.fail("num_heads", str_cat("must divide model.hidden_size = ", hidden, " when ", key,
-                                    " is not given"));
+        s.fail("num_heads",
+               str_cat("must divide model.hidden_size = ", hidden, " when ", key, " is not given"));
       }
       return hidden / l.num_heads;
     };
     l.head_dim_k = default_dim("head_dim_k");
     l.head_dim_v = default_dim("head_dim_v");
     std::string fm_default = l.type == LsmType::linear_attention ? "elu1" : "silu";
-    l.feature_map =
-        parse_feature_map(s.get_choice("feature_map", fm_default, {"identity", "silu", "elu1", "relu"}));
+    l.feature_map = parse_feature_map(
+        s.get_choice("feature_map", fm_default, {"identity", "silu", "elu1", "relu"}));
     l.output_norm = s.get_bool("output_norm", true);
     if (l.type == LsmType::hgrn2) {
       l.output_gate = s.get_bool("output_gate", false);
@@ -207,7 +207,9 @@ void read_train(ConfigSection s, TrainConfig& t) {
   t.precision = s.get_choice("precision", "fp32", {"fp32", "bf16"}) == "bf16" ? Precision::bf16
                                                                               : Precision::fp32;
   std::string rc = s.get_choice("recompute", "none", {"none", "selective", "full"});
-  t.recompute = rc == "full" ? Recompute::full : rc == "selective" ? Recompute::selective : Recompute::none;
+  t.recompute = rc == "full"        ? Recompute::full
+                : rc == "selective" ? Recompute::selective
+                                    : Recompute::none;
   t.log_interval = static_cast<int>(s.get_int("log_interval", 10, 1, kMaxI32));
   t.eval_interval = static_cast<int>(s.get_int("eval_interval", 100, 0, kMaxI32));
   t.eval_steps = static_cast<int>(s.get_int("eval_steps", 10, 1, kMaxI32));
@@ -220,8 +222,9 @@ void read_train(ConfigSection s, TrainConfig& t) {
 
 void read_schedule(ConfigSection s, std::int64_t steps, ScheduleConfig& c) {
   std::string type = s.get_choice("type", "cosine", {"cosine", "constant", "wsd"});
-  c.type = type == "wsd" ? ScheduleType::wsd
-                         : type == "constant" ? ScheduleType::constant : ScheduleType::cosine;
+  c.type = type == "wsd"        ? ScheduleType::wsd
+           : type == "constant" ? ScheduleType::constant
+                                : ScheduleType::cosine;
   c.warmup_steps = s.get_int("warmup_steps", 0, 0, INT64_MAX);
   c.decay_steps = s.get_int("decay_steps", steps, 1, INT64_MAX);
   if (c.type != ScheduleType::constant && c.decay_steps <= c.warmup_steps) {
@@ -243,7 +246,7 @@ void read_schedule(ConfigSection s, std::int64_t steps, ScheduleConfig& c) {
 
 void read_optimizer(ConfigSection s, std::int64_t steps, OptimizerConfig& o) {
   o.type = s.get_choice("type", "adamw", {"adamw", "sgd"}) == "sgd" ? OptimizerType::sgd
-                                                                     : OptimizerType::adamw;
+                                                                    : OptimizerType::adamw;
   o.lr = s.get_double("lr", 3e-4, 0, 1e300, false, false);
   o.min_lr = s.get_double("min_lr", 0.0, 0, 1e300, false, false);
   if (o.min_lr > o.lr) s.fail("min_lr", str_cat("must be <= optimizer.lr = ", o.lr));
@@ -322,7 +325,9 @@ void read_data(ConfigSection s, std::uint64_t run_seed, DataConfig& d) {
     double total = 0;
     for (double p : parts) total += p;
     if (!ok || parts.empty() || parts.size() > 3 || !(total > 0)) {
-      s.fail("split", "must be 1 to 3 comma-separated non-negative numbers with a positive sum, like \"98,2,0\"");
+      s.fail("split",
+             "must be 1 to 3 comma-separated non-negative numbers with a positive sum, like "
+             "\"98,2,0\"");
     }
     parts.resize(3, 0.0);
     for (int i = 0; i < 3; ++i) d.split_fractions[i] = parts[static_cast<std::size_t>(i)] / total;
@@ -385,8 +390,8 @@ void validate_cross(const Config& c) {
     int sum = 0;
     for (int v : p.pipeline_layers) sum += v;
     if (static_cast<int>(p.pipeline_layers.size()) != p.pipeline || sum != m.num_layers) {
-      fail("parallel.pipeline_layers", std::to_string(p.pipeline_layers.size()) + " stages, " +
-                                           std::to_string(sum) + " layers",
+      fail("parallel.pipeline_layers",
+           std::to_string(p.pipeline_layers.size()) + " stages, " + std::to_string(sum) + " layers",
            "must list parallel.pipeline = " + std::to_string(p.pipeline) +
                " stage sizes summing to model.num_layers = " + std::to_string(m.num_layers));
     }
@@ -453,8 +458,9 @@ void resolve_parallel(Config& c, int world_size) {
   };
   const int model_parallel = p.tensor * p.context * p.pipeline;
   if (world_size % model_parallel != 0) {
-    fail("parallel", str_cat("tensor ", p.tensor, " x context ", p.context, " x pipeline ",
-                             p.pipeline, " = ", model_parallel),
+    fail("parallel",
+         str_cat("tensor ", p.tensor, " x context ", p.context, " x pipeline ", p.pipeline, " = ",
+                 model_parallel),
          str_cat("must divide the world size ", world_size));
   }
   const int dp = world_size / model_parallel;
@@ -471,8 +477,8 @@ void resolve_parallel(Config& c, int world_size) {
   const int per_step = c.train.micro_batch_size * dp;
   if (c.train.global_batch_size % per_step != 0) {
     fail("train.global_batch_size", std::to_string(c.train.global_batch_size),
-         str_cat("must be divisible by micro_batch_size x data = ", c.train.micro_batch_size,
-                 " x ", dp));
+         str_cat("must be divisible by micro_batch_size x data = ", c.train.micro_batch_size, " x ",
+                 dp));
   }
   const int mb = c.train.global_batch_size / per_step;
   if (p.micro_batches != 0 && p.micro_batches != mb) {

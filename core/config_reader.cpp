@@ -55,7 +55,8 @@ YAML::Node ConfigSection::node(const std::string& key) {
 
 ConfigSection ConfigSection::section(const std::string& key) {
   YAML::Node n = node(key);
-  if (!n.IsDefined() || n.IsNull()) return ConfigSection(YAML::Node(YAML::NodeType::Map), key_path(key));
+  if (!n.IsDefined() || n.IsNull())
+    return ConfigSection(YAML::Node(YAML::NodeType::Map), key_path(key));
   return ConfigSection(n, key_path(key));
 }
 
@@ -116,8 +117,10 @@ double ConfigSection::get_double(const std::string& key, double def, double min,
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
   if (s.empty() || *end != '\0' || !std::isfinite(v)) fail(key, "must be a finite number");
-  if (min_open ? !(v > min) : !(v >= min)) fail(key, str_cat("must be ", min_open ? "> " : ">= ", min));
-  if (max_open ? !(v < max) : !(v <= max)) fail(key, str_cat("must be ", max_open ? "< " : "<= ", max));
+  if (min_open ? !(v > min) : !(v >= min))
+    fail(key, str_cat("must be ", min_open ? "> " : ">= ", min));
+  if (max_open ? !(v < max) : !(v <= max))
+    fail(key, str_cat("must be ", max_open ? "< " : "<= ", max));
   return v;
 }
 

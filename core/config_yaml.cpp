@@ -17,7 +17,8 @@ void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides
     std::stringstream ss(key);
     std::string part;
     while (std::getline(ss, part, '.')) {
-      if (part.empty()) throw UserError(str_cat("--set '", o, "': empty key segment in '", key, "'"));
+      if (part.empty())
+        throw UserError(str_cat("--set '", o, "': empty key segment in '", key, "'"));
       parts.push_back(part);
     }
     YAML::Node value;
@@ -46,7 +47,9 @@ void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides
 }
 
 namespace {
-const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+const char* precision_name(Precision p) {
+  return p == Precision::bf16 ? "bf16" : "fp32";
+}
 const char* recompute_name(Recompute r) {
   return r == Recompute::full ? "full" : r == Recompute::selective ? "selective" : "none";
 }
@@ -126,8 +129,14 @@ std::string config_to_yaml(const Config& c) {
   r["parallel"]["pipeline"] = p.pipeline;
   r["parallel"]["context"] = p.context;
   r["parallel"]["expert"] = p.expert;
-  if (p.data) r["parallel"]["data"] = p.data; else r["parallel"]["data"] = "auto";
-  if (p.micro_batches) r["parallel"]["micro_batches"] = p.micro_batches; else r["parallel"]["micro_batches"] = "auto";
+  if (p.data)
+    r["parallel"]["data"] = p.data;
+  else
+    r["parallel"]["data"] = "auto";
+  if (p.micro_batches)
+    r["parallel"]["micro_batches"] = p.micro_batches;
+  else
+    r["parallel"]["micro_batches"] = "auto";
   if (!p.pipeline_layers.empty()) r["parallel"]["pipeline_layers"] = p.pipeline_layers;
 
   const TrainConfig& t = c.train;

@@ -10,11 +10,16 @@ namespace {
 
 spdlog::level::level_enum to_spdlog(LogLevel l) {
   switch (l) {
-    case LogLevel::trace: return spdlog::level::trace;
-    case LogLevel::debug: return spdlog::level::debug;
-    case LogLevel::info: return spdlog::level::info;
-    case LogLevel::warn: return spdlog::level::warn;
-    case LogLevel::error: return spdlog::level::err;
+    case LogLevel::trace:
+      return spdlog::level::trace;
+    case LogLevel::debug:
+      return spdlog::level::debug;
+    case LogLevel::info:
+      return spdlog::level::info;
+    case LogLevel::warn:
+      return spdlog::level::warn;
+    case LogLevel::error:
+      return spdlog::level::err;
   }
   return spdlog::level::info;
 }
@@ -45,19 +50,27 @@ LogLevel parse_log_level(const std::string& s, const std::string& key) {
 void log_init(int rank, LogLevel level, bool every_rank) {
   auto& lg = logger();
   // Rank 0 prints plainly; other ranks tag their lines so interleaved output stays readable.
-  lg->set_pattern(rank == 0 ? "[%H:%M:%S] %v" : "[%H:%M:%S] [rank " + std::to_string(rank) + "] %v");
+  lg->set_pattern(rank == 0 ? "[%H:%M:%S] %v"
+                            : "[%H:%M:%S] [rank " + std::to_string(rank) + "] %v");
   LogLevel effective = (rank == 0 || every_rank) ? level : LogLevel::warn;
   if (effective < level) effective = level;
   lg->set_level(to_spdlog(effective));
 }
 
-bool log_enabled(LogLevel level) { return logger()->should_log(to_spdlog(level)); }
+bool log_enabled(LogLevel level) {
+  return logger()->should_log(to_spdlog(level));
+}
 
 void log_message(LogLevel level, const std::string& msg) {
   switch (level) {
-    case LogLevel::warn: logger()->log(to_spdlog(level), "warning: {}", msg); break;
-    case LogLevel::error: logger()->log(to_spdlog(level), "error: {}", msg); break;
-    default: logger()->log(to_spdlog(level), "{}", msg);
+    case LogLevel::warn:
+      logger()->log(to_spdlog(level), "warning: {}", msg);
+      break;
+    case LogLevel::error:
+      logger()->log(to_spdlog(level), "error: {}", msg);
+      break;
+    default:
+      logger()->log(to_spdlog(level), "{}", msg);
   }
 }
 

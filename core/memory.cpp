@@ -60,7 +60,9 @@ void record_allocation(Device d, std::ptrdiff_t delta_bytes) {
   }
 }
 
-void reset_peak_memory(Device d) { counters(d).peak.store(counters(d).live.load()); }
+void reset_peak_memory(Device d) {
+  counters(d).peak.store(counters(d).live.load());
+}
 
 Buffer::Buffer(Allocator& allocator, std::size_t bytes, std::string name)
     : allocator_(&allocator), bytes_(bytes), name_(std::move(name)) {
@@ -69,7 +71,9 @@ Buffer::Buffer(Allocator& allocator, std::size_t bytes, std::string name)
             device_name(allocator.device()));
 }
 
-Buffer::~Buffer() { release(); }
+Buffer::~Buffer() {
+  release();
+}
 
 Buffer::Buffer(Buffer&& o) noexcept
     : allocator_(o.allocator_), data_(o.data_), bytes_(o.bytes_), name_(std::move(o.name_)) {
@@ -116,9 +120,9 @@ Arena::Arena(Allocator& allocator, std::size_t capacity_bytes, std::string name)
 
 Tensor Arena::allocate(DType dtype, const Shape& shape) {
   std::size_t bytes = align_up(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
-  LINMOE_CHECK(top_ + bytes <= buffer_.bytes(), "arena '", buffer_.name(), "' exhausted: ",
-               format_bytes(double(top_)), " used + ", format_bytes(double(bytes)), " requested > ",
-               format_bytes(double(buffer_.bytes())), " capacity");
+  LINMOE_CHECK(top_ + bytes <= buffer_.bytes(), "arena '", buffer_.name(),
+               "' exhausted: ", format_bytes(double(top_)), " used + ", format_bytes(double(bytes)),
+               " requested > ", format_bytes(double(buffer_.bytes())), " capacity");
   Tensor t = buffer_.view(dtype, shape, top_);
   top_ += bytes;
   if (top_ > peak_) peak_ = top_;

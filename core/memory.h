@@ -77,6 +77,8 @@ class Arena {
 };
 
 constexpr std::size_t kAlignment = 256;  // covers cache lines, AVX-512 and CUDA's 256-byte rule
-inline std::size_t align_up(std::size_t n, std::size_t a = kAlignment) { return (n + a - 1) / a * a; }
+inline std::size_t align_up(std::size_t n, std::size_t a = kAlignment) {
+  return (n + a - 1) / a * a;
+}
 
 }  // namespace linmoe

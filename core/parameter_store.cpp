@@ -77,7 +77,9 @@ Tensor ParameterStore::flat_params() const {
   return params_.view(param_dtype_, Shape{padded_numel_});
 }
 
-Tensor ParameterStore::flat_grads() const { return grads_.view(grad_dtype_, Shape{padded_numel_}); }
+Tensor ParameterStore::flat_grads() const {
+  return grads_.view(grad_dtype_, Shape{padded_numel_});
+}
 
 std::int64_t ParameterStore::numel() const {
   std::int64_t n = 0;
@@ -85,6 +87,8 @@ std::int64_t ParameterStore::numel() const {
   return n;
 }
 
-std::int64_t ParameterStore::padded_numel() const { return padded_numel_; }
+std::int64_t ParameterStore::padded_numel() const {
+  return padded_numel_;
+}
 
 }  // namespace linmoe

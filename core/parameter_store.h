@@ -32,7 +32,7 @@ class ParameterStore {
 
   std::size_t size() const { return specs_.size(); }
   const ParamSpec& spec(int i) const { return specs_.at(static_cast<std::size_t>(i)); }
-  int find(const std::string& name) const;  // -1 when absent
+  int find(const std::string& name) const;   // -1 when absent
   int index(const std::string& name) const;  // fails loudly when absent
   Tensor param(int i) const;
   Tensor grad(int i) const;

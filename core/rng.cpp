@@ -52,7 +52,9 @@ static float to_open_unit(std::uint32_t x) {
   return (static_cast<float>(x >> 8) + 0.5f) * (1.0f / 16777216.0f);
 }
 
-float CounterRng::uniform(std::uint64_t index) const { return to_open_unit(block(index).out[0]); }
+float CounterRng::uniform(std::uint64_t index) const {
+  return to_open_unit(block(index).out[0]);
+}
 
 float CounterRng::normal(std::uint64_t index) const {
   Philox4x32 b = block(index);
@@ -62,6 +64,8 @@ float CounterRng::normal(std::uint64_t index) const {
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
 }
 
-std::uint32_t CounterRng::bits(std::uint64_t index) const { return block(index).out[0]; }
+std::uint32_t CounterRng::bits(std::uint64_t index) const {
+  return block(index).out[0];
+}
 
 }  // namespace linmoe

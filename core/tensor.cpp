@@ -5,14 +5,14 @@
 namespace linmoe {
 
 Shape::Shape(std::initializer_list<std::int64_t> dims) {
-  LINMOE_CHECK(dims.size() <= static_cast<std::size_t>(kMaxDims), "too many dimensions: ",
-               dims.size());
+  LINMOE_CHECK(dims.size() <= static_cast<std::size_t>(kMaxDims),
+               "too many dimensions: ", dims.size());
   for (std::int64_t d : dims) dims_[static_cast<std::size_t>(ndim_++)] = d;
 }
 
 Shape::Shape(const std::vector<std::int64_t>& dims) {
-  LINMOE_CHECK(dims.size() <= static_cast<std::size_t>(kMaxDims), "too many dimensions: ",
-               dims.size());
+  LINMOE_CHECK(dims.size() <= static_cast<std::size_t>(kMaxDims),
+               "too many dimensions: ", dims.size());
   for (std::int64_t d : dims) dims_[static_cast<std::size_t>(ndim_++)] = d;
 }
 
@@ -85,8 +85,8 @@ Tensor Tensor::slice(int dim, std::int64_t start, std::int64_t length) const {
                start + length, ") of dimension ", d, " of ", str());
   Tensor t = *this;
   t.shape[d] = length;
-  t.data = static_cast<char*>(data) +
-           start * strides[static_cast<std::size_t>(d)] * static_cast<std::int64_t>(dtype_size(dtype));
+  t.data = static_cast<char*>(data) + start * strides[static_cast<std::size_t>(d)] *
+                                          static_cast<std::int64_t>(dtype_size(dtype));
   return t;
 }
 

@@ -11,13 +11,20 @@ namespace linmoe {
 
 const char* activation_name(Activation f) {
   switch (f) {
-    case Activation::identity: return "identity";
-    case Activation::silu: return "silu";
-    case Activation::sigmoid: return "sigmoid";
-    case Activation::elu1: return "elu1";
-    case Activation::relu: return "relu";
-    case Activation::softplus: return "softplus";
-    case Activation::logsigmoid: return "logsigmoid";
+    case Activation::identity:
+      return "identity";
+    case Activation::silu:
+      return "silu";
+    case Activation::sigmoid:
+      return "sigmoid";
+    case Activation::elu1:
+      return "elu1";
+    case Activation::relu:
+      return "relu";
+    case Activation::softplus:
+      return "softplus";
+    case Activation::logsigmoid:
+      return "logsigmoid";
   }
   return "?";
 }

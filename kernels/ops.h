@@ -22,7 +22,9 @@ namespace linmoe {
 enum class Activation { identity, silu, sigmoid, elu1, relu, softplus, logsigmoid };
 const char* activation_name(Activation f);
 
-inline DType stat_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
+inline DType stat_dtype(DType x) {
+  return x == DType::f64 ? DType::f64 : DType::f32;
+}
 
 class Backend {
  public:
@@ -154,10 +156,11 @@ class Backend {
                                   double scale, std::int64_t q_offset, const Tensor& dq,
                                   const Tensor& dk, const Tensor& dv) = 0;
 
-  // ---- MoE routing and token permutation (MODEL.md 4) ---------------------------------------------
-  // Top-k of each row of probs: [N, E] (the router softmax, stat dtype). expert_ids: [N, k] i32 in
-  // descending probability, ties to the lower expert index; weights: [N, k] (probs' dtype) = the
-  // selected probabilities, renormalised to sum 1 over the k when `renormalize`.
+  // ---- MoE routing and token permutation (MODEL.md 4)
+  // --------------------------------------------- Top-k of each row of probs: [N, E] (the router
+  // softmax, stat dtype). expert_ids: [N, k] i32 in descending probability, ties to the lower
+  // expert index; weights: [N, k] (probs' dtype) = the selected probabilities, renormalised to sum
+  // 1 over the k when `renormalize`.
   virtual void moe_topk(const Tensor& probs, int k, bool renormalize, const Tensor& expert_ids,
                         const Tensor& weights) = 0;
   // Capacity dropping: each expert keeps at most `capacity` of its assignments, those with the
@@ -191,13 +194,13 @@ class Backend {
                                       const Tensor& weights, const Tensor& dy,
                                       const Tensor& d_weights) = 0;
 
-  // ---- optimizer updates (MODEL.md 5), in place on one contiguous parameter range -----------------
-  // AdamW, PyTorch semantics, step s ≥ 1: p ← p·(1 − lr·wd); m ← β1 m + (1−β1) g;
+  // ---- optimizer updates (MODEL.md 5), in place on one contiguous parameter range
+  // ----------------- AdamW, PyTorch semantics, step s ≥ 1: p ← p·(1 − lr·wd); m ← β1 m + (1−β1) g;
   // v ← β2 v + (1−β2) g²; p ← p − lr · (m / (1−β1^s)) / (sqrt(v / (1−β2^s)) + eps).
   // p, g, m, v: same shape; p/m/v f32 (master weights and state), g f32.
   virtual void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                            double lr, double beta1, double beta2, double eps,
-                            double weight_decay, std::int64_t step) = 0;
+                            double lr, double beta1, double beta2, double eps, double weight_decay,
+                            std::int64_t step) = 0;
   // SGD as torch.optim.SGD (dampening 0, no Nesterov): d = g + wd·p; buf ← μ·buf + d (buf starts
   // at 0, so step 1 sets buf = d); p ← p − lr·buf. With μ = 0 buf may be undefined: p ← p − lr·d.
   virtual void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, double lr,

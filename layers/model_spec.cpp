@@ -6,27 +6,42 @@ namespace linmoe {
 
 const char* param_role_name(ParamRole r) {
   switch (r) {
-    case ParamRole::embedding: return "embedding";
-    case ParamRole::lm_head: return "lm_head";
-    case ParamRole::norm: return "norm";
-    case ParamRole::mixer: return "mixer";
-    case ParamRole::router: return "router";
-    case ParamRole::routed_expert: return "routed experts";
-    case ParamRole::shared_expert: return "shared expert";
-    case ParamRole::dense_ffn: return "dense ffn";
+    case ParamRole::embedding:
+      return "embedding";
+    case ParamRole::lm_head:
+      return "lm_head";
+    case ParamRole::norm:
+      return "norm";
+    case ParamRole::mixer:
+      return "mixer";
+    case ParamRole::router:
+      return "router";
+    case ParamRole::routed_expert:
+      return "routed experts";
+    case ParamRole::shared_expert:
+      return "shared expert";
+    case ParamRole::dense_ffn:
+      return "dense ffn";
   }
   return "?";
 }
 
 const char* init_kind_name(InitKind k) {
   switch (k) {
-    case InitKind::normal: return "normal";
-    case InitKind::normal_output: return "normal_output";
-    case InitKind::ones: return "ones";
-    case InitKind::zeros: return "zeros";
-    case InitKind::conv: return "conv";
-    case InitKind::mamba_a_log: return "mamba_a_log";
-    case InitKind::mamba_dt_bias: return "mamba_dt_bias";
+    case InitKind::normal:
+      return "normal";
+    case InitKind::normal_output:
+      return "normal_output";
+    case InitKind::ones:
+      return "ones";
+    case InitKind::zeros:
+      return "zeros";
+    case InitKind::conv:
+      return "conv";
+    case InitKind::mamba_a_log:
+      return "mamba_a_log";
+    case InitKind::mamba_dt_bias:
+      return "mamba_dt_bias";
   }
   return "?";
 }

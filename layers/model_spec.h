@@ -38,7 +38,7 @@ struct ModelParam {
   Shape shape;  // global
   ParamRole role;
   InitKind init;
-  int layer = -1;  // -1 for embed, final_norm, lm_head
+  int layer = -1;                                          // -1 for embed, final_norm, lm_head
   bool weight_decay() const { return shape.ndim() >= 2; }  // MODEL.md 5
 };
 

@@ -14,7 +14,8 @@ double learning_rate(const OptimizerConfig& opt, std::int64_t step) {
              Sd = static_cast<double>(s.decay_steps);
   if (step <= s.warmup_steps) return lr * S / W;
   switch (s.type) {
-    case ScheduleType::constant: return lr;
+    case ScheduleType::constant:
+      return lr;
     case ScheduleType::cosine:
       if (step >= s.decay_steps) return min_lr;
       return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * (S - W) / (Sd - W)));

@@ -8,7 +8,10 @@ namespace linmoe {
 
 Optimizer::Optimizer(const OptimizerConfig& config, Backend& backend, const ParameterStore& params,
                      std::int64_t begin, std::int64_t end)
-    : config_(config), backend_(backend), params_(params), begin_(begin),
+    : config_(config),
+      backend_(backend),
+      params_(params),
+      begin_(begin),
       end_(end < 0 ? params.padded_numel() : end) {
   LINMOE_CHECK(0 <= begin_ && begin_ <= end_ && end_ <= params.padded_numel(), "optimizer range [",
                begin_, ", ", end_, ") outside the ", params.padded_numel(), " parameters");

@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
       {1024, 4096, 1024, true, DType::f32, "up-projection"},
       {1024, 1024, 4096, true, DType::f32, "down-projection"},
       {8, 1024, 1024, true, DType::f32, "skinny (few tokens)"},
+      {4096, 8, 1024, true, DType::f32, "router (few experts)"},
       {1024, 4096, 1024, true, DType::f64, "up-projection"},
   };
   std::printf("GEMM, CPU backend: C[M,N] = A[M,K] · op(B), beta = 0; median of %d runs\n", reps);

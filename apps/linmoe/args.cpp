@@ -51,7 +51,8 @@ std::string ArgParser::usage() const {
     if (o.required) os << " " << o.name << " " << o.metavar;
   }
   if (!opts_.empty()) os << " [options]";
-  for (const Pos& p : positionals_) os << (p.required ? " " : " [") << p.metavar << (p.required ? "" : "]");
+  for (const Pos& p : positionals_)
+    os << (p.required ? " " : " [") << p.metavar << (p.required ? "" : "]");
   os << "\n\n" << summary_ << "\n";
   if (!positionals_.empty()) {
     os << "\narguments:\n";
@@ -94,8 +95,8 @@ bool ArgParser::parse(int argc, char** argv) {
       }
       Opt* o = find(name);
       if (!o) {
-        throw UserError(str_cat(command_, ": unknown option '", name, "' (see ", command_,
-                                " --help)"));
+        throw UserError(
+            str_cat(command_, ": unknown option '", name, "' (see ", command_, " --help)"));
       }
       if (o->kind == Opt::boolean) {
         if (has_value) throw UserError(str_cat(command_, ": ", name, " takes no value"));
@@ -127,21 +128,21 @@ bool ArgParser::parse(int argc, char** argv) {
       continue;
     }
     if (next_pos >= positionals_.size()) {
-      throw UserError(str_cat(command_, ": unexpected argument '", a, "' (see ", command_,
-                              " --help)"));
+      throw UserError(
+          str_cat(command_, ": unexpected argument '", a, "' (see ", command_, " --help)"));
     }
     *positionals_[next_pos++].out = a;
   }
   for (const Opt& o : opts_) {
     if (o.required && !o.seen) {
-      throw UserError(str_cat(command_, ": missing ", o.name, " ", o.metavar, " (see ", command_,
-                              " --help)"));
+      throw UserError(
+          str_cat(command_, ": missing ", o.name, " ", o.metavar, " (see ", command_, " --help)"));
     }
   }
   for (std::size_t p = next_pos; p < positionals_.size(); ++p) {
     if (positionals_[p].required) {
-      throw UserError(str_cat(command_, ": missing ", positionals_[p].metavar, " (see ", command_,
-                              " --help)"));
+      throw UserError(
+          str_cat(command_, ": missing ", positionals_[p].metavar, " (see ", command_, " --help)"));
     }
   }
   return true;

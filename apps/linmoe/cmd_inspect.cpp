@@ -46,15 +46,17 @@ void print_parameters(const ModelConfig& m, bool list_tensors) {
   std::printf("  %-25s %16lld  (%s)\n", "total", static_cast<long long>(n.total),
               human(n.total).c_str());
   std::printf("  %-25s %16lld  (%s)\n", "total excl. embeddings",
-              static_cast<long long>(n.total_non_embedding()), human(n.total_non_embedding()).c_str());
+              static_cast<long long>(n.total_non_embedding()),
+              human(n.total_non_embedding()).c_str());
   std::printf("  %-25s %16lld  (%s)\n", "active per token", static_cast<long long>(n.active),
               human(n.active).c_str());
   std::printf("  %-25s %16lld  (%s)\n", "active excl. embeddings",
               static_cast<long long>(n.active_non_embedding()),
               human(n.active_non_embedding()).c_str());
-  std::printf("  (embeddings = embed.weight%s; active counts top_k/num_experts of the routed "
-              "experts and everything else whole)\n",
-              m.tie_embeddings ? ", tied with the LM head" : " + lm_head.weight");
+  std::printf(
+      "  (embeddings = embed.weight%s; active counts top_k/num_experts of the routed "
+      "experts and everything else whole)\n",
+      m.tie_embeddings ? ", tied with the LM head" : " + lm_head.weight");
   if (list_tensors) {
     std::printf("\n  %-48s %-20s %-15s %s\n", "name", "shape", "role", "init");
     for (const ModelParam& p : params) {
@@ -97,10 +99,11 @@ int cmd_inspect(int argc, char** argv) {
 
   const ParallelConfig& p = cfg.parallel;
   Layout layout = layout_from_config(p);
-  std::printf("\nparallel layout: world %d = tensor %d x context %d x data %d x pipeline %d; "
-              "expert %d; %d micro-batches of %d per replica per step\n",
-              world_size, p.tensor, p.context, p.data, p.pipeline, p.expert, p.micro_batches,
-              cfg.train.micro_batch_size);
+  std::printf(
+      "\nparallel layout: world %d = tensor %d x context %d x data %d x pipeline %d; "
+      "expert %d; %d micro-batches of %d per replica per step\n",
+      world_size, p.tensor, p.context, p.data, p.pipeline, p.expert, p.micro_batches,
+      cfg.train.micro_batch_size);
   std::printf("%s", layout_table(layout).c_str());
   return 0;
 }

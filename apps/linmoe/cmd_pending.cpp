@@ -19,8 +19,8 @@ int not_yet(const char* command, const char* summary, const char* lands_with, in
   args.option("--load", &load, "DIR", "checkpoint directory");
   args.option("--output", &output, "FILE", "output file");
   if (!args.parse(argc, argv)) return 0;
-  throw UserError(str_cat(command, ": not available yet: it lands with ", lands_with,
-                          " (see docs/STATUS.md)"));
+  throw UserError(
+      str_cat(command, ": not available yet: it lands with ", lands_with, " (see docs/STATUS.md)"));
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ namespace {
 
 struct Command {
   const char* name;
-  int (*run)(int, char**);              // single-process tools
+  int (*run)(int, char**);                  // single-process tools
   int (*run_ranks)(Runtime&, int, char**);  // commands that use the MPI runtime
   const char* summary;
 };
@@ -22,8 +22,10 @@ struct Command {
 const Command kCommands[] = {
     {"train", nullptr, cmd_train, "train a model: linmoe train -c CONFIG [--set k=v ...]"},
     {"eval", nullptr, cmd_eval, "validation loss and perplexity of a checkpoint"},
-    {"preprocess", cmd_preprocess, nullptr, "tokenize JSONL or text into a Megatron .bin/.idx dataset"},
-    {"inspect", cmd_inspect, nullptr, "config, parameter counts, FLOPs, memory and parallel layout"},
+    {"preprocess", cmd_preprocess, nullptr,
+     "tokenize JSONL or text into a Megatron .bin/.idx dataset"},
+    {"inspect", cmd_inspect, nullptr,
+     "config, parameter counts, FLOPs, memory and parallel layout"},
     {"convert", cmd_convert, nullptr, "write a checkpoint as one consolidated safetensors file"},
     {"data", cmd_data, nullptr, "summarise and validate a Megatron indexed dataset"},
 };
@@ -58,7 +60,9 @@ int main(int argc, char** argv) {
       });
     }
   }
-  std::fprintf(stderr, "linmoe: error: unknown command '%s' (commands: train, eval, preprocess, "
-                       "inspect, convert, data; see linmoe --help)\n", argv[1]);
+  std::fprintf(stderr,
+               "linmoe: error: unknown command '%s' (commands: train, eval, preprocess, "
+               "inspect, convert, data; see linmoe --help)\n",
+               argv[1]);
   return 2;
 }

@@ -5,25 +5,24 @@
 
 #include "core/check.h"
 
-#define CUDA_CHECK(call)                                                                     \
-  do {                                                                                       \
-    cudaError_t linmoe_cuda_err_ = (call);                                                   \
-    if (linmoe_cuda_err_ != cudaSuccess) {                                                   \
-      ::linmoe::detail::check_failed(#call, __FILE__, __LINE__,                              \
-                                     ::linmoe::str_cat(cudaGetErrorName(linmoe_cuda_err_), \
-                                                       ": ",                                 \
-                                                       cudaGetErrorString(linmoe_cuda_err_))); \
-    }                                                                                        \
+#define CUDA_CHECK(call)                                                                         \
+  do {                                                                                           \
+    cudaError_t linmoe_cuda_err_ = (call);                                                       \
+    if (linmoe_cuda_err_ != cudaSuccess) {                                                       \
+      ::linmoe::detail::check_failed(#call, __FILE__, __LINE__,                                  \
+                                     ::linmoe::str_cat(cudaGetErrorName(linmoe_cuda_err_), ": ", \
+                                                       cudaGetErrorString(linmoe_cuda_err_)));   \
+    }                                                                                            \
   } while (0)
 
-#define CUBLAS_CHECK(call)                                                               \
-  do {                                                                                   \
-    cublasStatus_t linmoe_cublas_st_ = (call);                                           \
-    if (linmoe_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                    \
-      ::linmoe::detail::check_failed(#call, __FILE__, __LINE__,                          \
-                                     ::linmoe::str_cat("cuBLAS status ",                 \
-                                                       static_cast<int>(linmoe_cublas_st_))); \
-    }                                                                                    \
+#define CUBLAS_CHECK(call)                                                           \
+  do {                                                                               \
+    cublasStatus_t linmoe_cublas_st_ = (call);                                       \
+    if (linmoe_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                \
+      ::linmoe::detail::check_failed(                                                \
+          #call, __FILE__, __LINE__,                                                 \
+          ::linmoe::str_cat("cuBLAS status ", static_cast<int>(linmoe_cublas_st_))); \
+    }                                                                                \
   } while (0)
 
 // After a kernel launch: the launch configuration was accepted.

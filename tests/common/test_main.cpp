@@ -2,8 +2,8 @@
 // and makes the exit status the failure count reduced over all ranks, so a failure on any rank
 // fails the test on every rank (nothing passes because only rank 0 was looked at).
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include "common/test_util.h"
 #include "core/check.h"

@@ -29,11 +29,21 @@ std::vector<double> HostTensor::to_f64() const {
   std::vector<double> out(static_cast<std::size_t>(view_.numel()));
   for (std::size_t i = 0; i < out.size(); ++i) {
     switch (view_.dtype) {
-      case DType::f32: out[i] = view_.ptr<float>()[i]; break;
-      case DType::f64: out[i] = view_.ptr<double>()[i]; break;
-      case DType::bf16: out[i] = bf16_to_f32(view_.ptr<bf16>()[i]); break;
-      case DType::i32: out[i] = view_.ptr<std::int32_t>()[i]; break;
-      case DType::i64: out[i] = static_cast<double>(view_.ptr<std::int64_t>()[i]); break;
+      case DType::f32:
+        out[i] = view_.ptr<float>()[i];
+        break;
+      case DType::f64:
+        out[i] = view_.ptr<double>()[i];
+        break;
+      case DType::bf16:
+        out[i] = bf16_to_f32(view_.ptr<bf16>()[i]);
+        break;
+      case DType::i32:
+        out[i] = view_.ptr<std::int32_t>()[i];
+        break;
+      case DType::i64:
+        out[i] = static_cast<double>(view_.ptr<std::int64_t>()[i]);
+        break;
     }
   }
   return out;
@@ -43,11 +53,21 @@ void HostTensor::from_f64(const std::vector<double>& v) {
   LINMOE_CHECK(static_cast<std::int64_t>(v.size()) == view_.numel(), "from_f64 size");
   for (std::size_t i = 0; i < v.size(); ++i) {
     switch (view_.dtype) {
-      case DType::f32: view_.ptr<float>()[i] = static_cast<float>(v[i]); break;
-      case DType::f64: view_.ptr<double>()[i] = v[i]; break;
-      case DType::bf16: view_.ptr<bf16>()[i] = f32_to_bf16(static_cast<float>(v[i])); break;
-      case DType::i32: view_.ptr<std::int32_t>()[i] = static_cast<std::int32_t>(v[i]); break;
-      case DType::i64: view_.ptr<std::int64_t>()[i] = static_cast<std::int64_t>(v[i]); break;
+      case DType::f32:
+        view_.ptr<float>()[i] = static_cast<float>(v[i]);
+        break;
+      case DType::f64:
+        view_.ptr<double>()[i] = v[i];
+        break;
+      case DType::bf16:
+        view_.ptr<bf16>()[i] = f32_to_bf16(static_cast<float>(v[i]));
+        break;
+      case DType::i32:
+        view_.ptr<std::int32_t>()[i] = static_cast<std::int32_t>(v[i]);
+        break;
+      case DType::i64:
+        view_.ptr<std::int64_t>()[i] = static_cast<std::int64_t>(v[i]);
+        break;
     }
   }
 }
@@ -58,10 +78,17 @@ void fill_uniform(const Tensor& t, std::uint64_t seed, double lo, double hi) {
   for (std::int64_t i = 0; i < t.numel(); ++i) {
     double u = lo + (hi - lo) * rng.uniform(static_cast<std::uint64_t>(i));
     switch (t.dtype) {
-      case DType::f32: static_cast<float*>(t.data)[i] = static_cast<float>(u); break;
-      case DType::f64: static_cast<double*>(t.data)[i] = u; break;
-      case DType::bf16: static_cast<bf16*>(t.data)[i] = f32_to_bf16(static_cast<float>(u)); break;
-      default: LINMOE_CHECK(false, "fill_uniform of ", dtype_name(t.dtype));
+      case DType::f32:
+        static_cast<float*>(t.data)[i] = static_cast<float>(u);
+        break;
+      case DType::f64:
+        static_cast<double*>(t.data)[i] = u;
+        break;
+      case DType::bf16:
+        static_cast<bf16*>(t.data)[i] = f32_to_bf16(static_cast<float>(u));
+        break;
+      default:
+        LINMOE_CHECK(false, "fill_uniform of ", dtype_name(t.dtype));
     }
   }
 }
@@ -82,11 +109,21 @@ void fill_ints(const Tensor& t, std::uint64_t seed, std::int64_t n) {
 void poison(const Tensor& t) {
   for (std::int64_t i = 0; i < t.numel(); ++i) {
     switch (t.dtype) {
-      case DType::f32: static_cast<float*>(t.data)[i] = std::numeric_limits<float>::quiet_NaN(); break;
-      case DType::f64: static_cast<double*>(t.data)[i] = std::numeric_limits<double>::quiet_NaN(); break;
-      case DType::bf16: static_cast<bf16*>(t.data)[i] = bf16{0x7fc0}; break;
-      case DType::i32: static_cast<std::int32_t*>(t.data)[i] = -123456789; break;
-      case DType::i64: static_cast<std::int64_t*>(t.data)[i] = -123456789; break;
+      case DType::f32:
+        static_cast<float*>(t.data)[i] = std::numeric_limits<float>::quiet_NaN();
+        break;
+      case DType::f64:
+        static_cast<double*>(t.data)[i] = std::numeric_limits<double>::quiet_NaN();
+        break;
+      case DType::bf16:
+        static_cast<bf16*>(t.data)[i] = bf16{0x7fc0};
+        break;
+      case DType::i32:
+        static_cast<std::int32_t*>(t.data)[i] = -123456789;
+        break;
+      case DType::i64:
+        static_cast<std::int64_t*>(t.data)[i] = -123456789;
+        break;
     }
   }
 }
@@ -119,8 +156,12 @@ void skip(const std::string& reason) {
   std::printf("SKIPPED: %s\n", reason.c_str());
 }
 
-bool skipped() { return g_skipped; }
+bool skipped() {
+  return g_skipped;
+}
 
-void install_abort_handler() { set_fatal_handler(abort_all); }
+void install_abort_handler() {
+  set_fatal_handler(abort_all);
+}
 
 }  // namespace linmoe::testing

@@ -59,9 +59,11 @@ TEST_CASE("args: options, aliases, repeats, positionals", "[args]") {
 
 TEST_CASE("args: bad command lines are one clear error", "[args]") {
   CHECK(parse_error({"--config"}) == "linmoe x: --config needs a value (FILE)");
-  CHECK(parse_error({"-c", "a", "--bogus"}) == "linmoe x: unknown option '--bogus' (see linmoe x --help)");
+  CHECK(parse_error({"-c", "a", "--bogus"}) ==
+        "linmoe x: unknown option '--bogus' (see linmoe x --help)");
   CHECK(parse_error({}) == "linmoe x: missing --config FILE (see linmoe x --help)");
   CHECK(parse_error({"-c", "a", "--n", "x"}) == "linmoe x: --n = 'x': not an integer");
-  CHECK(parse_error({"-c", "a", "p1", "p2"}) == "linmoe x: unexpected argument 'p2' (see linmoe x --help)");
+  CHECK(parse_error({"-c", "a", "p1", "p2"}) ==
+        "linmoe x: unexpected argument 'p2' (see linmoe x --help)");
   CHECK(parse_error({"-c", "a"}).empty());
 }

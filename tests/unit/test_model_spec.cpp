@@ -47,7 +47,8 @@ TEST_CASE("model spec: names and shapes follow MODEL.md", "[model_spec]") {
     if (p.name == "layers.0.mixer.o_norm.weight") CHECK(p.shape == Shape({32}));
   }
 
-  Config m = load_config_from_string("model: {hidden_size: 64, lsm: {type: mamba2, num_groups: 2, state_size: 16}}\n", {}, "t");
+  Config m = load_config_from_string(
+      "model: {hidden_size: 64, lsm: {type: mamba2, num_groups: 2, state_size: 16}}\n", {}, "t");
   std::vector<ModelParam> mp = model_parameters(m.model);
   bool saw_in_proj = false;
   for (const auto& p : mp) {
@@ -59,7 +60,8 @@ TEST_CASE("model spec: names and shapes follow MODEL.md", "[model_spec]") {
   }
   CHECK(saw_in_proj);
 
-  Config g = load_config_from_string("model: {hidden_size: 64, tie_embeddings: true, lsm: {type: gated_deltanet}}\n", {}, "t");
+  Config g = load_config_from_string(
+      "model: {hidden_size: 64, tie_embeddings: true, lsm: {type: gated_deltanet}}\n", {}, "t");
   std::set<std::string> gn;
   for (const auto& p : model_parameters(g.model)) gn.insert(p.name);
   CHECK(gn.count("layers.0.mixer.q_conv.weight"));

@@ -13,8 +13,8 @@ TEST_CASE("philox: the Random123 known-answer vectors", "[rng]") {
   CHECK(a.out[1] == 0xe169c58du);
   CHECK(a.out[2] == 0xbc57ac4cu);
   CHECK(a.out[3] == 0x9b00dbd8u);
-  Philox4x32 b = philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu,
-                               0xffffffffu);
+  Philox4x32 b =
+      philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
   CHECK(b.out[0] == 0x408f276du);
   CHECK(b.out[1] == 0x41c83b0eu);
   CHECK(b.out[2] == 0xa20bc7c6u);
@@ -23,7 +23,8 @@ TEST_CASE("philox: the Random123 known-answer vectors", "[rng]") {
 
 TEST_CASE("rng: a value depends only on (seed, name, index)", "[rng]") {
   CounterRng r1(42, "layers.0.mixer.q_proj.weight"), r2(42, "layers.0.mixer.q_proj.weight");
-  CounterRng other_name(42, "layers.0.mixer.k_proj.weight"), other_seed(43, "layers.0.mixer.q_proj.weight");
+  CounterRng other_name(42, "layers.0.mixer.k_proj.weight"),
+      other_seed(43, "layers.0.mixer.q_proj.weight");
   // Reading a slice (as a rank holding part of the tensor does) gives the same numbers.
   for (std::uint64_t i = 1000; i < 1100; ++i) CHECK(r1.normal(i) == r2.normal(i));
   int same_name = 0, same_seed = 0;
