@@ -48,8 +48,8 @@ class CpuBackend final : public Backend {
 
   void cross_entropy_stats(const Tensor& logits, const Tensor& targets, std::int64_t vocab_start,
                            const Tensor& lse, const Tensor& target_logit) override;
-  void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
-                              std::int64_t vocab_start, const Tensor& lse, const Tensor& dloss,
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, std::int64_t vocab_start,
+                              const Tensor& lse, const Tensor& dloss,
                               const Tensor& dlogits) override;
 
   void lsm_scalar_decay_forward(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -70,9 +70,8 @@ class CpuBackend final : public Backend {
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                          std::int64_t q_offset, const Tensor& o, const Tensor& lse) override;
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                          const Tensor& lse, const Tensor& d_o, double scale,
-                          std::int64_t q_offset, const Tensor& dq, const Tensor& dk,
-                          const Tensor& dv) override;
+                          const Tensor& lse, const Tensor& d_o, double scale, std::int64_t q_offset,
+                          const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
 
   void moe_topk(const Tensor& probs, int k, bool renormalize, const Tensor& expert_ids,
                 const Tensor& weights) override;
@@ -83,8 +82,8 @@ class CpuBackend final : public Backend {
   void moe_permute(const Tensor& x, const Tensor& order, int k, const Tensor& out) override;
   void moe_permute_backward(const Tensor& dout, const Tensor& order, int k,
                             const Tensor& dx) override;
-  void moe_unpermute(const Tensor& y, const Tensor& order, const Tensor& weights,
-                     const Tensor& out, bool accumulate) override;
+  void moe_unpermute(const Tensor& y, const Tensor& order, const Tensor& weights, const Tensor& out,
+                     bool accumulate) override;
   void moe_unpermute_backward(const Tensor& dout, const Tensor& y, const Tensor& order,
                               const Tensor& weights, const Tensor& dy,
                               const Tensor& d_weights) override;
