@@ -102,11 +102,13 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
   LINMOE_CHECK(src.numel() == dst.numel(), op, ": src ", src.str(), " and dst ", dst.str(),
                " differ in size");
   std::int64_t n = src.numel();
-  if (n == 0 || src.data == dst.data) return;
+  if (n == 0) return;
   if (src.dtype == dst.dtype) {
-    std::memcpy(dst.data, src.data, src.nbytes());
+    if (src.data != dst.data) std::memcpy(dst.data, src.data, src.nbytes());
     return;
   }
+  LINMOE_CHECK(src.data != dst.data, op, ": cannot convert ", src.str(), " to ", dst.str(),
+               " in place");
   LINMOE_CHECK(dtype_is_float(src.dtype) && dtype_is_float(dst.dtype), op, ": cannot convert ",
                dtype_name(src.dtype), " to ", dtype_name(dst.dtype),
                " (integer dtypes must be equal)");

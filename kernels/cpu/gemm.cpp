@@ -7,6 +7,10 @@
 //         for ir (MR rows):    micro-kernel: MR x NR accumulators in vector registers
 // Threads take whole batches, or split C by rows (or by columns when C is short and wide); each
 // packs its own panels, so there are no barriers.
+// C with few rows or columns (kFew) and a transposed op(b) (x · Wᵀ) goes through a dot-product
+// kernel instead: packing would cost about as much as the product. A plain op(b) with few rows
+// is read in place by the micro-kernel. The path depends on the whole problem, not on a thread's
+// part, so results do not depend on the thread count.
 #include <array>
 #include <cstdint>
 #include <cstdlib>
@@ -21,17 +25,15 @@ namespace linmoe {
 namespace {
 
 using cpu::gemm_detail::dot_kernel_for;
-using cpu::gemm_detail::DotKernel;
 using cpu::gemm_detail::GemmBlocking;
 using cpu::gemm_detail::i64;
 using cpu::gemm_detail::kDotTile;
 using cpu::gemm_detail::micro_kernel_for;
 using cpu::gemm_detail::Operand;
+using cpu::gemm_detail::transpose_tile;
 
-// C with at most this many rows skips packing op(b): a transposed op(b) goes through the dot
-// kernel, a plain one is read in place by the micro-kernel. Packing would cost about as much as
-// the product.
-constexpr i64 kFewRows = 32;
+// "Few" rows or columns of C (see the top of the file).
+constexpr i64 kFew = 32;
 
 // dst: ceil(mc/MR) panels, each [kc][MR] (panel row i, depth k at k·MR + i), scaled by alpha.
 template <class T>
@@ -66,10 +68,17 @@ void pack_b(const Operand<T>& b, i64 kc, i64 nc, T* dst) {
         for (i64 j = 0; j < n; ++j) d[j] = src[j];
         for (i64 j = n; j < NR; ++j) d[j] = T(0);
       }
-    } else {  // transposed b: each column of op(b) is contiguous
-      for (i64 j = 0; j < n; ++j) {
+    } else {  // transposed b: each column of op(b) is contiguous; L x L register transposes
+      constexpr int L = GemmBlocking<T>::kLanes;
+      const i64 n_tiles = n / L * L, k_tiles = kc / L * L;
+      for (i64 j = 0; j < n_tiles; j += L) {
+        for (i64 k = 0; k < k_tiles; k += L) {
+          transpose_tile(b.at(k, j0 + j), b.cs, dst + k * NR + j, NR);
+        }
+      }
+      for (i64 j = 0; j < n; ++j) {  // the ragged edges
         const T* src = b.at(0, j0 + j);
-        for (i64 k = 0; k < kc; ++k) dst[k * NR + j] = src[k * b.rs];
+        for (i64 k = j < n_tiles ? k_tiles : 0; k < kc; ++k) dst[k * NR + j] = src[k];
       }
       for (i64 k = 0; k < kc; ++k) {
         for (i64 j = n; j < NR; ++j) dst[k * NR + j] = T(0);
@@ -98,9 +107,10 @@ class PackBuffer {
 };
 
 // One thread's C[M, N] = alpha · A[M, K] · B[K, N] + beta · C, K ≥ 1.
+// direct_b: read a plain op(b) in place instead of packing it (few rows reuse it little).
 template <class T>
 void gemm_serial(i64 M, i64 N, i64 K, T alpha, const Operand<T>& a, const Operand<T>& b, T beta,
-                 T* c, i64 ldc) {
+                 T* c, i64 ldc, bool direct_b) {
   using Blk = GemmBlocking<T>;
   constexpr i64 MR = Blk::kMR, NR = Blk::kNR;
   const i64 kc_max = std::min(Blk::kKC, K);
@@ -111,7 +121,7 @@ void gemm_serial(i64 M, i64 N, i64 K, T alpha, const Operand<T>& a, const Operan
   T* a_pack = static_cast<T*>(a_buffer.get(sizeof(T) * static_cast<std::size_t>(mc_max * kc_max)));
   T* b_pack = static_cast<T*>(b_buffer.get(sizeof(T) * static_cast<std::size_t>(nc_max * kc_max)));
 
-  const bool direct_b = M <= kFewRows && b.cs == 1;  // read b in place: few rows reuse it little
+  direct_b = direct_b && b.cs == 1;
   for (i64 jc = 0; jc < N; jc += Blk::kNC) {
     const i64 nc = std::min(Blk::kNC, N - jc);
     for (i64 pc = 0; pc < K; pc += Blk::kKC) {
@@ -143,11 +153,12 @@ void gemm_serial(i64 M, i64 N, i64 K, T alpha, const Operand<T>& a, const Operan
   }
 }
 
-// C[M, N] = alpha · A[M, K] · B[N, K]ᵀ + beta · C for few rows M: dot products, each row of B
-// read once. A transposed a is first copied to contiguous rows.
+// C[M, N] = alpha · A[M, K] · B[N, K]ᵀ + beta · C by dot products along K, for few rows or
+// columns. The smaller operand stays in cache while the larger one is read once: rows_outer
+// walks A's rows in the outer loop (few columns). A transposed a is first copied to rows.
 template <class T>
-void gemm_few_rows(i64 M, i64 N, i64 K, T alpha, const Operand<T>& a, const Operand<T>& b, T beta,
-                   T* c, i64 ldc) {
+void gemm_dot(i64 M, i64 N, i64 K, T alpha, const Operand<T>& a, const Operand<T>& b, T beta, T* c,
+              i64 ldc, bool rows_outer) {
   const T* a_rows = a.p;
   i64 lda = a.rs;
   if (a.cs != 1) {
@@ -159,12 +170,18 @@ void gemm_few_rows(i64 M, i64 N, i64 K, T alpha, const Operand<T>& a, const Oper
     a_rows = copy;
     lda = K;
   }
-  for (i64 j = 0; j < N; j += kDotTile) {
-    const i64 nj = std::min<i64>(kDotTile, N - j);
+  auto tile = [&](i64 i, i64 j) {
+    const i64 ni = std::min<i64>(kDotTile, M - i), nj = std::min<i64>(kDotTile, N - j);
+    dot_kernel_for<T>(ni, nj)(K, a_rows + i * lda, lda, b.at(0, j), b.cs, c + i * ldc + j, ldc,
+                              alpha, beta);
+  };
+  if (rows_outer) {
     for (i64 i = 0; i < M; i += kDotTile) {
-      const i64 ni = std::min<i64>(kDotTile, M - i);
-      dot_kernel_for<T>(ni, nj)(K, a_rows + i * lda, lda, b.at(0, j), b.cs, c + i * ldc + j, ldc,
-                                alpha, beta);
+      for (i64 j = 0; j < N; j += kDotTile) tile(i, j);
+    }
+  } else {
+    for (i64 j = 0; j < N; j += kDotTile) {
+      for (i64 i = 0; i < M; i += kDotTile) tile(i, j);
     }
   }
 }
@@ -205,6 +222,8 @@ void gemm_typed(const GemmShape& s, const void* a_data, const void* b_data, void
   const i64 unit = split_rows ? MR : NR, extent = split_rows ? s.M : s.N;
   const i64 units = (extent + unit - 1) / unit;
   const i64 tasks = s.batch * parts;
+  const bool few_rows = s.M <= kFew, few_cols = s.N <= kFew;
+  const bool dot = s.trans_b && (few_rows || few_cols);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 bi = task / parts, part = task % parts;
@@ -223,10 +242,10 @@ void gemm_typed(const GemmShape& s, const void* a_data, const void* b_data, void
                               : Operand<T>{a + bi * s.a_bs + m0 * s.lda, s.lda, 1};
     Operand<T> ob = s.trans_b ? Operand<T>{b + bi * s.b_bs + n0 * s.ldb, 1, s.ldb}
                               : Operand<T>{b + bi * s.b_bs + n0, s.ldb, 1};
-    if (m <= kFewRows && s.trans_b) {
-      gemm_few_rows(m, n, s.K, alpha, oa, ob, beta, cb, s.ldc);
+    if (dot) {
+      gemm_dot(m, n, s.K, alpha, oa, ob, beta, cb, s.ldc, few_cols);
     } else {
-      gemm_serial(m, n, s.K, alpha, oa, ob, beta, cb, s.ldc);
+      gemm_serial(m, n, s.K, alpha, oa, ob, beta, cb, s.ldc, few_rows);
     }
   }
 }

@@ -10,23 +10,36 @@ namespace linmoe::cpu::gemm_detail {
 
 using i64 = std::int64_t;
 
-// Blocking per dtype. The micro-tile is MR rows x NR = 2 vectors: 2·MR accumulators + 2 B
-// vectors + a broadcast fit AVX-512's 32 registers. KC·NR·sizeof(T) (the L1 panel) ≈ 32 KiB,
-// MC·KC·sizeof(T) (the packed A block) lives in L2, KC·NC·sizeof(T) in L3.
+// The widest vector the target has: AVX-512 (32 registers), AVX (16), else SSE2 (16).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kVectorRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32, kVectorRegisters = 16;
+#else
+constexpr int kVectorBytes = 16, kVectorRegisters = 16;
+#endif
+// Micro-tile rows: 2·MR accumulators + 2 B vectors + a broadcast fit the register file.
+constexpr int kTileRows = kVectorRegisters == 32 ? 12 : 6;
+
+// Blocking per dtype. The micro-tile is MR rows x NR = 2 vectors. KC·NR·sizeof(T) (the L1
+// panel) ≤ 32 KiB, MC·KC·sizeof(T) (the packed A block) lives in L2, KC·NC·sizeof(T) in L3.
 template <class T>
 struct GemmBlocking;
 template <>
 struct GemmBlocking<float> {
-  typedef float Vec __attribute__((vector_size(64)));
-  static constexpr int kLanes = 16, kMR = 12, kNR = 32;
+  typedef float Vec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int kLanes = kVectorBytes / 4, kMR = kTileRows, kNR = 2 * kLanes;
   static constexpr i64 kKC = 256, kMC = 240, kNC = 4096;
 };
 template <>
 struct GemmBlocking<double> {
-  typedef double Vec __attribute__((vector_size(64)));
-  static constexpr int kLanes = 8, kMR = 12, kNR = 16;
+  typedef double Vec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int kLanes = kVectorBytes / 8, kMR = kTileRows, kNR = 2 * kLanes;
   static constexpr i64 kKC = 256, kMC = 120, kNC = 2048;
 };
+static_assert(GemmBlocking<float>::kMC % kTileRows == 0 &&
+                  GemmBlocking<double>::kMC % kTileRows == 0,
+              "MC must hold whole micro-panels");
 
 template <class V, class T>
 inline V load_vec(const T* p) {
@@ -170,6 +183,52 @@ template <class T>
 DotKernel<T> dot_kernel_for(i64 r, i64 j) {
   static constexpr auto table = dot_kernel_table<T>(std::make_index_sequence<kDotTile>{});
   return table[static_cast<std::size_t>(r - 1)][static_cast<std::size_t>(j - 1)];
+}
+
+// Transposing packs of op(b) work on L x L tiles in registers: log2(L) stages of two-vector
+// shuffles, each swapping the off-diagonal W x W blocks of row pairs (i, i + W).
+template <class T>
+struct ShuffleMask;
+template <>
+struct ShuffleMask<float> {
+  typedef std::int32_t Vec __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct ShuffleMask<double> {
+  typedef std::int64_t Vec __attribute__((vector_size(kVectorBytes)));
+};
+
+template <class T, int W>
+inline void transpose_stage(typename GemmBlocking<T>::Vec* r) {
+  using M = typename ShuffleMask<T>::Vec;
+  constexpr int L = GemmBlocking<T>::kLanes;
+  M lo, hi;  // lane j of the low row takes the high row's j − W where bit W of j is set
+#pragma GCC unroll 16
+  for (int j = 0; j < L; ++j) {
+    lo[j] = (j & W) ? L + j - W : j;
+    hi[j] = (j & W) ? L + j : j + W;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) {
+    if (i & W) continue;
+    const auto x = r[i], y = r[i + W];
+    r[i] = __builtin_shuffle(x, y, lo);
+    r[i + W] = __builtin_shuffle(x, y, hi);
+  }
+  if constexpr (W > 1) transpose_stage<T, W / 2>(r);
+}
+
+// dst[k·ldd + i] = src[i·lds + k] for i, k < L (an L x L tile, L = lanes).
+template <class T>
+inline void transpose_tile(const T* src, i64 lds, T* dst, i64 ldd) {
+  using V = typename GemmBlocking<T>::Vec;
+  constexpr int L = GemmBlocking<T>::kLanes;
+  V r[L];
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) r[i] = load_vec<V>(src + i * lds);
+  transpose_stage<T, L / 2>(r);
+#pragma GCC unroll 16
+  for (int k = 0; k < L; ++k) store_vec(dst + k * ldd, r[k]);
 }
 
 }  // namespace linmoe::cpu::gemm_detail

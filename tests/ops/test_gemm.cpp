@@ -131,10 +131,12 @@ TEST_CASE("gemm: all transposes, sizes from 1 past the block sizes, beta = 0 ove
           "[ops][gemm]") {
   CpuBackend two(2), one(1);
   // Odd sizes and primes, exact micro-tile multiples (12 x 32), K across KC = 256, M across
-  // MC (240 f32 / 120 f64), N across NC (4096 f32 / 2048 f64).
+  // MC (240 f32 / 120 f64), N across NC (4096 f32 / 2048 f64), both sides of the few-rows/columns
+  // paths (32).
   const std::int64_t sizes[][3] = {{1, 1, 1},      {1, 7, 3},      {5, 1, 9},    {3, 4, 1},
                                    {13, 17, 19},   {12, 32, 256},  {24, 64, 37}, {31, 33, 64},
-                                   {97, 131, 257}, {250, 70, 300}, {2, 4133, 5}, {7, 3, 530}};
+                                   {97, 131, 257}, {250, 70, 300}, {2, 4133, 5}, {7, 3, 530},
+                                   {300, 5, 70},   {33, 33, 40},   {32, 32, 16}};
   std::uint64_t seed = 100;
   for (DType dt : kDtypes) {
     for (const auto& s : sizes) {
@@ -200,6 +202,13 @@ TEST_CASE("gemm: strided views of larger tensors", "[ops][gemm]") {
 TEST_CASE("gemm: one and two threads give the same bits", "[ops][gemm]") {
   CpuBackend one(1), two(2);
   for (DType dt : kDtypes) {
+    // Few rows, split by rows across the threads: every part takes the same (dot) path.
+    HostTensor x = random_tensor(dt, Shape{30, 500}, 503),
+               w = random_tensor(dt, Shape{20, 500}, 504);
+    HostTensor y1 = poisoned_tensor(dt, Shape{30, 20}), y2 = poisoned_tensor(dt, Shape{30, 20});
+    one.gemm(x, false, w, true, y1, 1.0, 0.0);
+    two.gemm(x, false, w, true, y2, 1.0, 0.0);
+    CHECK(max_abs_diff(y1.to_f64(), y2.to_f64()) == 0.0);
     HostTensor a = random_tensor(dt, Shape{3, 70, 90}, 501);
     HostTensor b = random_tensor(dt, Shape{90, 260}, 502);
     HostTensor c1 = poisoned_tensor(dt, Shape{3, 70, 260}),
