@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include "core/utf8.h"  // utf8_append
 
 namespace linmoe {
 
@@ -22,7 +23,6 @@ extern const std::size_t kNumbers_size;
 // Decodes the code point at s[i]; sets `len` to its byte length (1..4). An invalid or truncated
 // sequence decodes as one byte with the value 0xFFFFFFFF (a non-letter, non-number, non-space).
 std::uint32_t utf8_decode(std::string_view s, std::size_t i, std::size_t& len);
-void utf8_append(std::string& out, std::uint32_t cp);
 
 bool is_letter(std::uint32_t cp);      // general category L*
 bool is_number(std::uint32_t cp);      // general category N*
