@@ -1,5 +1,6 @@
 #include "core/memory.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -113,25 +114,45 @@ Tensor Buffer::view(DType dtype, const Shape& shape, std::size_t byte_offset) co
 }
 
 Arena::Arena(Allocator& allocator, std::size_t capacity_bytes, std::string name)
-    : buffer_(allocator, capacity_bytes, std::move(name)) {
-  log_info("activation arena '", buffer_.name(), "': ", format_bytes(double(capacity_bytes)),
-           " on ", device_name(allocator.device()));
+    : allocator_(&allocator), name_(std::move(name)) {
+  blocks_.emplace_back(allocator, std::max<std::size_t>(capacity_bytes, kAlignment), name_);
+  log_debug("arena '", name_, "': ", format_bytes(double(capacity_bytes)), " on ",
+            device_name(allocator.device()));
 }
 
 Tensor Arena::allocate(DType dtype, const Shape& shape) {
-  std::size_t bytes = align_up(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
-  LINMOE_CHECK(top_ + bytes <= buffer_.bytes(), "arena '", buffer_.name(),
-               "' exhausted: ", format_bytes(double(top_)), " used + ", format_bytes(double(bytes)),
-               " requested > ", format_bytes(double(buffer_.bytes())), " capacity");
-  Tensor t = buffer_.view(dtype, shape, top_);
-  top_ += bytes;
-  if (top_ > peak_) peak_ = top_;
+  LINMOE_CHECK(allocator_, "allocation from an unset arena");
+  const std::size_t bytes = align_up(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
+  while (offset_ + bytes > blocks_[block_].bytes()) {
+    // The current block is full: move on, adding a block when none is left.
+    used_ += blocks_[block_].bytes() - offset_;
+    ++block_;
+    offset_ = 0;
+    if (block_ == blocks_.size()) {
+      const std::size_t size = std::max(bytes, blocks_.front().bytes() / 2);
+      log_warn("arena '", name_, "' grew by ", format_bytes(double(size)), " beyond its plan of ",
+               format_bytes(double(blocks_.front().bytes())));
+      blocks_.emplace_back(*allocator_, size, name_);
+    }
+  }
+  Tensor t = blocks_[block_].view(dtype, shape, offset_);
+  offset_ += bytes;
+  used_ += bytes;
+  if (used_ > peak_) peak_ = used_;
   return t;
 }
 
-void Arena::release(std::size_t mark) {
-  LINMOE_CHECK(mark <= top_, "arena release to ", mark, " above top ", top_);
-  top_ = mark;
+void Arena::release(const Mark& m) {
+  LINMOE_CHECK(m.used <= used_, "arena '", name_, "' release to ", m.used, " above ", used_);
+  block_ = m.block;
+  offset_ = m.offset;
+  used_ = m.used;
+}
+
+std::size_t Arena::capacity() const {
+  std::size_t n = 0;
+  for (const Buffer& b : blocks_) n += b.bytes();
+  return n;
 }
 
 }  // namespace linmoe

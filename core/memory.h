@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -55,25 +56,31 @@ class Buffer {
   std::string name_;
 };
 
-// Bump allocator over one buffer: activations of a step are allocated in order and released by
-// rewinding to a mark. Exhausting it is a planning bug and fails loudly with the sizes.
+// Bump allocator for activations: a step's tensors are allocated in order and released by
+// rewinding to a mark. It starts with the planned capacity (one block); if a plan was too small
+// it adds a block and says so once, instead of failing mid-run. used()/peak() count bytes.
 class Arena {
  public:
+  struct Mark {
+    std::size_t block = 0, offset = 0, used = 0;
+  };
   Arena() = default;
   Arena(Allocator& allocator, std::size_t capacity_bytes, std::string name);
 
   Tensor allocate(DType dtype, const Shape& shape);
-  std::size_t mark() const { return top_; }
-  void release(std::size_t mark);
-  void reset() { release(0); }
-  std::size_t capacity() const { return buffer_.bytes(); }
-  std::size_t used() const { return top_; }
+  Mark mark() const { return {block_, offset_, used_}; }
+  void release(const Mark& m);
+  void reset() { release(Mark{}); }
+  std::size_t capacity() const;  // bytes in all blocks
+  std::size_t used() const { return used_; }
   std::size_t peak() const { return peak_; }
+  const std::string& name() const { return name_; }
 
  private:
-  Buffer buffer_;
-  std::size_t top_ = 0;
-  std::size_t peak_ = 0;
+  Allocator* allocator_ = nullptr;
+  std::string name_;
+  std::vector<Buffer> blocks_;
+  std::size_t block_ = 0, offset_ = 0, used_ = 0, peak_ = 0;
 };
 
 constexpr std::size_t kAlignment = 256;  // covers cache lines, AVX-512 and CUDA's 256-byte rule

@@ -37,10 +37,10 @@ TEST_CASE("bf16: round to nearest even and NaN", "[tensor]") {
   CHECK(nan != nan);
 }
 
-TEST_CASE("arena: bump allocation, marks, peak", "[memory]") {
+TEST_CASE("arena: bump allocation, marks, peak, growth", "[memory]") {
   Arena a(host_allocator(), 4096, "test arena");
   Tensor x = a.allocate(DType::f32, Shape{10});
-  std::size_t m = a.mark();
+  Arena::Mark m = a.mark();
   Tensor y = a.allocate(DType::f64, Shape{10});
   CHECK(reinterpret_cast<std::uintptr_t>(y.data) % kAlignment == 0);
   CHECK(static_cast<char*>(y.data) > static_cast<char*>(x.data));
@@ -48,6 +48,15 @@ TEST_CASE("arena: bump allocation, marks, peak", "[memory]") {
   Tensor z = a.allocate(DType::f64, Shape{10});
   CHECK(z.data == y.data);
   CHECK(a.peak() == 2 * kAlignment);
+  // Beyond the plan: a new block, nothing overwritten, and a mark before it still rewinds.
+  Tensor big = a.allocate(DType::f32, Shape{2000});
+  CHECK(a.capacity() > 4096);
+  CHECK(a.used() == 4096 + 8192);  // the first block's unusable tail counts as used
+  static_cast<float*>(big.data)[1999] = 1.0f;
+  a.release(m);
+  CHECK(a.used() == kAlignment);
+  Tensor again = a.allocate(DType::f32, Shape{2000});
+  CHECK(again.data == big.data);  // the grown block is reused
   a.reset();
   CHECK(a.used() == 0);
 }
