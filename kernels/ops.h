@@ -33,6 +33,8 @@ class Backend {
   virtual std::string name() const = 0;  // "cpu (2 threads)", "cuda (NVIDIA H100 ...)"
   virtual Allocator& allocator() = 0;
   virtual void synchronize() = 0;
+  // Dense peak of the device for the training precision, for MFU; 0 = unknown (the CPU).
+  virtual double peak_flops_per_second() const { return 0.0; }
 
   // ---- memory ---------------------------------------------------------------------------------
   // dst = src, element by element, between any two devices; converts between float dtypes
@@ -205,6 +207,22 @@ class Backend {
   // at 0, so step 1 sets buf = d); p ← p − lr·buf. With μ = 0 buf may be undefined: p ← p − lr·d.
   virtual void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, double lr,
                           double momentum, double weight_decay, std::int64_t step) = 0;
+
+  // ---- causal depthwise convolution over time (MODEL.md 3) --------------------------------------
+  // mamba2's conv1d and the delta-rule q/k/v convolutions. x: [B, T, C]; w: [C, K] (the [C, 1, K]
+  // weight); bias: [C] or undefined; halo: [B, K−1, C], the K−1 inputs before this sequence piece
+  // (context parallelism), or undefined = zeros.
+  //   y[b, t, c] = bias[c] + Σ_{j<K} w[c, j] · x[b, t − K + 1 + j, c]   (t − K + 1 + j < 0: halo)
+  // y: [B, T, C] overwritten. x, y, halo (and dy, dx, d_halo below) may be row-strided views
+  // (last dimension contiguous), e.g. column slices of a fused projection; w, bias contiguous.
+  virtual void causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                     const Tensor& halo, const Tensor& y) = 0;
+  // dx overwritten; dw and dbias ACCUMULATE (either may be undefined when not needed); d_halo:
+  // [B, K−1, C], the gradient of the halo, overwritten when defined (context parallelism sends
+  // it to the previous rank).
+  virtual void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& halo,
+                                      const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                                      const Tensor& dbias, const Tensor& d_halo) = 0;
 
   // ---- reductions (accumulated in f64; results on the host) -------------------------------------
   virtual double sum(const Tensor& x) = 0;

@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 bash scripts/prepare_corpus.sh "${LINMOE_BUILD_DIR:-build}/linmoe"
-# Until the model and trainer land (docs/STATUS.md), the main job inspects the tiny model.
-exec "${LINMOE_BUILD_DIR:-build}/linmoe" inspect -c configs/tiny.yaml "$@"
+exec "${LINMOE_BUILD_DIR:-build}/linmoe" train -c configs/tiny.yaml "$@"

@@ -8,6 +8,8 @@
 #include "apps/linmoe/args.h"
 #include "apps/linmoe/commands.h"
 #include "core/config.h"
+#include "core/log.h"
+#include "layers/cost.h"
 #include "layers/model_spec.h"
 #include "parallel/process_groups.h"
 
@@ -66,6 +68,30 @@ void print_parameters(const ModelConfig& m, bool list_tensors) {
   }
 }
 
+void print_costs(const Config& c) {
+  const std::int64_t T = c.train.seq_len;
+  std::printf("\nFLOPs per token at seq_len %lld (forward + backward; what MFU counts)\n",
+              static_cast<long long>(T));
+  double total = 0;
+  for (const FlopsItem& f : flops_per_token(c.model, T)) total += f.per_token;
+  for (const FlopsItem& f : flops_per_token(c.model, T)) {
+    std::printf("  %-24s %14.4g  %5.1f%%\n", f.name.c_str(), f.per_token,
+                100.0 * f.per_token / total);
+  }
+  std::printf("  %-24s %14.4g  (%.3g per step of %d x %lld tokens)\n", "total", total,
+              total * c.train.global_batch_size * static_cast<double>(T),
+              c.train.global_batch_size, static_cast<long long>(T));
+  const MemoryEstimate m = memory_per_rank(c);
+  std::printf("\nmemory per rank (one rank holds the whole model until the parallel issue lands)\n");
+  std::printf("  %-24s %12s\n", "fp32 weights", format_bytes(m.weights).c_str());
+  std::printf("  %-24s %12s\n", "fp32 gradients", format_bytes(m.gradients).c_str());
+  std::printf("  %-24s %12s\n", "optimizer state", format_bytes(m.optimizer).c_str());
+  std::printf("  %-24s %12s  (one micro-batch of %d x %lld)\n", "activations (plan)",
+              format_bytes(m.activations).c_str(), c.train.micro_batch_size,
+              static_cast<long long>(T / c.parallel.context));
+  std::printf("  %-24s %12s\n", "total", format_bytes(m.total()).c_str());
+}
+
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
@@ -96,6 +122,7 @@ int cmd_inspect(int argc, char** argv) {
 
   std::printf("config %s (resolved)\n%s", cfg.source_path.c_str(), cfg.resolved_yaml.c_str());
   print_parameters(cfg.model, list_tensors);
+  print_costs(cfg);
 
   const ParallelConfig& p = cfg.parallel;
   Layout layout = layout_from_config(p);

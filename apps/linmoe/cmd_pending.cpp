@@ -25,13 +25,11 @@ int not_yet(const char* command, const char* summary, const char* lands_with, in
 
 }  // namespace
 
-int cmd_train(Runtime&, int argc, char** argv) {
-  return not_yet("linmoe train", "Trains a model from a YAML config.",
-                 "the model-and-trainer issue", argc, argv);
-}
 int cmd_eval(Runtime&, int argc, char** argv) {
+  // Evaluation itself runs inside `linmoe train` (train.eval_interval); evaluating a saved model
+  // needs checkpoints.
   return not_yet("linmoe eval", "Validation loss and perplexity of a checkpoint.",
-                 "the model-and-trainer issue", argc, argv);
+                 "the checkpoint issue", argc, argv);
 }
 int cmd_convert(int argc, char** argv) {
   return not_yet("linmoe convert", "Writes a checkpoint as one consolidated safetensors file.",

@@ -94,6 +94,12 @@ class CpuBackend final : public Backend {
   void sgd_update(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
                   double weight_decay, std::int64_t step) override;
 
+  void causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                             const Tensor& halo, const Tensor& y) override;
+  void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& halo,
+                              const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                              const Tensor& dbias, const Tensor& d_halo) override;
+
   double sum(const Tensor& x) override;
   double sum_squares(const Tensor& x) override;
   double max_abs(const Tensor& x) override;

@@ -1,0 +1,82 @@
+#include "layers/cost.h"
+
+#include <algorithm>
+
+#include "layers/model.h"
+#include "layers/model_spec.h"
+
+namespace linmoe {
+
+std::vector<FlopsItem> flops_per_token(const ModelConfig& m, std::int64_t seq_len) {
+  // Forward FLOPs per token; ×3 at the end for forward + backward.
+  double attn_proj = 0, attn_core = 0, lsm_proj = 0, lsm_core = 0, router = 0, experts = 0,
+         dense = 0, head = 0;
+  for (const ModelParam& p : model_parameters(m)) {
+    if (p.shape.ndim() < 2) continue;  // vectors: negligible elementwise work
+    const double n = static_cast<double>(p.shape.numel());
+    switch (p.role) {
+      case ParamRole::mixer:
+        (m.layer_kind(p.layer) == 'N' ? attn_proj : lsm_proj) += 2 * n;
+        break;
+      case ParamRole::router: router += 2 * n; break;
+      case ParamRole::routed_expert: experts += 2 * n / m.moe.num_experts * m.moe.top_k; break;
+      case ParamRole::shared_expert: experts += 2 * n; break;
+      case ParamRole::dense_ffn: dense += 2 * n; break;
+      case ParamRole::lm_head: head += 2 * n; break;
+      case ParamRole::embedding:
+        if (m.tie_embeddings) head += 2 * n;  // the tied head is a matmul; the lookup is free
+        break;
+      case ParamRole::norm: break;
+    }
+  }
+  const double T = static_cast<double>(seq_len);
+  const double C = static_cast<double>(std::min<std::int64_t>(m.lsm.chunk_size, seq_len));
+  const LsmConfig& l = m.lsm;
+  for (int i = 0; i < m.num_layers; ++i) {
+    if (m.layer_kind(i) == 'N') {
+      // QKᵀ and PV over (T+1)/2 visible keys on average: 2·2·d per key per head.
+      attn_core += 4.0 * m.attention.num_heads * m.attention.head_dim * (T + 1) / 2;
+    } else {
+      // Intra-chunk: (C+1)/2 keys (QKᵀ with d_k, PV with d_v); inter-chunk: q·S and the state
+      // update, 2·d_k·d_v each.
+      const double dk = l.head_dim_k, dv = l.head_dim_v;
+      lsm_core += l.num_heads * (2.0 * (C + 1) / 2 * (dk + dv) + 4.0 * dk * dv);
+    }
+  }
+  std::vector<FlopsItem> items;
+  auto add = [&](const char* name, double fwd) {
+    if (fwd > 0) items.push_back({name, 3.0 * fwd});
+  };
+  add("attention projections", attn_proj);
+  add("attention core", attn_core);
+  add("lsm projections", lsm_proj);
+  add("lsm core (chunk)", lsm_core);
+  add("moe router", router);
+  add("moe experts (active)", experts);
+  add("dense ffn", dense);
+  add("lm head", head);
+  return items;
+}
+
+double total_flops_per_token(const ModelConfig& m, std::int64_t seq_len) {
+  double t = 0;
+  for (const FlopsItem& f : flops_per_token(m, seq_len)) t += f.per_token;
+  return t;
+}
+
+MemoryEstimate memory_per_rank(const Config& c) {
+  MemoryEstimate e;
+  const ParamCounts n = count_parameters(c.model);
+  e.weights = 4.0 * static_cast<double>(n.total);
+  e.gradients = e.weights;
+  if (c.optimizer.type == OptimizerType::adamw) {
+    e.optimizer = 2 * e.weights;
+  } else if (c.optimizer.momentum != 0) {
+    e.optimizer = e.weights;
+  }
+  e.activations = static_cast<double>(Model::planned_activation_bytes(
+      c.model, c.train.micro_batch_size, c.train.seq_len / c.parallel.context, DType::f32));
+  return e;
+}
+
+}  // namespace linmoe
