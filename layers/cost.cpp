@@ -18,15 +18,26 @@ std::vector<FlopsItem> flops_per_token(const ModelConfig& m, std::int64_t seq_le
       case ParamRole::mixer:
         (m.layer_kind(p.layer) == 'N' ? attn_proj : lsm_proj) += 2 * n;
         break;
-      case ParamRole::router: router += 2 * n; break;
-      case ParamRole::routed_expert: experts += 2 * n / m.moe.num_experts * m.moe.top_k; break;
-      case ParamRole::shared_expert: experts += 2 * n; break;
-      case ParamRole::dense_ffn: dense += 2 * n; break;
-      case ParamRole::lm_head: head += 2 * n; break;
+      case ParamRole::router:
+        router += 2 * n;
+        break;
+      case ParamRole::routed_expert:
+        experts += 2 * n / m.moe.num_experts * m.moe.top_k;
+        break;
+      case ParamRole::shared_expert:
+        experts += 2 * n;
+        break;
+      case ParamRole::dense_ffn:
+        dense += 2 * n;
+        break;
+      case ParamRole::lm_head:
+        head += 2 * n;
+        break;
       case ParamRole::embedding:
         if (m.tie_embeddings) head += 2 * n;  // the tied head is a matmul; the lookup is free
         break;
-      case ParamRole::norm: break;
+      case ParamRole::norm:
+        break;
     }
   }
   const double T = static_cast<double>(seq_len);

@@ -11,8 +11,8 @@
 namespace linmoe {
 
 struct FlopsItem {
-  std::string name;    // "attention projections", "lsm core (chunk)", ...
-  double per_token;    // forward + backward FLOPs per token
+  std::string name;  // "attention projections", "lsm core (chunk)", ...
+  double per_token;  // forward + backward FLOPs per token
 };
 
 // Sorted as the network runs; seq_len matters for attention (causal: (T+1)/2 keys on average)

@@ -16,20 +16,25 @@ namespace {
 double init_value(const ModelParam& p, const ModelConfig& m, const CounterRng& rng,
                   std::uint64_t index) {
   switch (p.init) {
-    case InitKind::normal: return m.init_std * rng.normal(index);
+    case InitKind::normal:
+      return m.init_std * rng.normal(index);
     case InitKind::normal_output:
       return m.init_std / std::sqrt(2.0 * m.num_layers) * rng.normal(index);
-    case InitKind::ones: return 1.0;
-    case InitKind::zeros: return 0.0;
+    case InitKind::ones:
+      return 1.0;
+    case InitKind::zeros:
+      return 0.0;
     case InitKind::conv: {
       // PyTorch Conv1d's default bound for a depthwise [C, 1, K] kernel: 1/sqrt(fan_in = K).
       const double bound = 1.0 / std::sqrt(static_cast<double>(p.shape[p.shape.ndim() - 1]));
       return bound * (2.0 * rng.uniform(index) - 1.0);
     }
-    case InitKind::mamba_a_log: return std::log(1.0 + 15.0 * rng.uniform(index));  // A ∈ [1, 16]
+    case InitKind::mamba_a_log:
+      return std::log(1.0 + 15.0 * rng.uniform(index));  // A ∈ [1, 16]
     case InitKind::mamba_dt_bias: {
       // dt log-uniform in [1e-3, 1e-1]; the bias is softplus⁻¹(dt) = dt + log(1 − e^−dt).
-      const double dt = std::exp(std::log(1e-3) + rng.uniform(index) * (std::log(1e-1) - std::log(1e-3)));
+      const double dt =
+          std::exp(std::log(1e-3) + rng.uniform(index) * (std::log(1e-1) - std::log(1e-3)));
       return dt + std::log(-std::expm1(-dt));
     }
   }

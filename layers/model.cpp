@@ -63,20 +63,23 @@ std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B
   // (projections, core outputs, expert activations), and the logits. An estimate: the arena
   // grows (and says so) if it is short.
   const std::int64_t D = m.hidden_size, N = B * T;
-  const std::int64_t lsm = 4 * std::int64_t{m.lsm.num_heads} * (m.lsm.head_dim_k + m.lsm.head_dim_v);
+  const std::int64_t lsm =
+      4 * std::int64_t{m.lsm.num_heads} * (m.lsm.head_dim_k + m.lsm.head_dim_v);
   const std::int64_t attn = 4 * std::int64_t{m.attention.num_heads} * m.attention.head_dim;
-  const std::int64_t ffn = m.moe.num_experts > 0
-                               ? 4 * std::int64_t{m.moe.top_k} * (m.moe.ffn_hidden_size + D) +
-                                     2 * m.moe.num_experts
-                               : 3 * std::int64_t{m.ffn_hidden_size};
-  const std::int64_t shared = m.moe.shared_ffn_hidden_size > 0 ? 3 * m.moe.shared_ffn_hidden_size + 2 : 0;
+  const std::int64_t ffn =
+      m.moe.num_experts > 0
+          ? 4 * std::int64_t{m.moe.top_k} * (m.moe.ffn_hidden_size + D) + 2 * m.moe.num_experts
+          : 3 * std::int64_t{m.ffn_hidden_size};
+  const std::int64_t shared =
+      m.moe.shared_ffn_hidden_size > 0 ? 3 * m.moe.shared_ffn_hidden_size + 2 : 0;
   std::int64_t per_token = 0;
   for (int i = 0; i < m.num_layers; ++i) {
     per_token += 6 * D + (m.layer_kind(i) == 'N' ? attn : lsm) + ffn + shared;
   }
   per_token += 4 * D + 2 * m.vocab_size;  // final norm, logits and their gradient
   // Every allocation is rounded up to kAlignment bytes: allow ~48 allocations per layer.
-  const std::size_t slack = std::size_t{48} * kAlignment * static_cast<std::size_t>(m.num_layers + 2);
+  const std::size_t slack =
+      std::size_t{48} * kAlignment * static_cast<std::size_t>(m.num_layers + 2);
   return static_cast<std::size_t>(N * per_token) * dtype_size(dtype) + slack;
 }
 
@@ -174,8 +177,7 @@ MicroBatchLosses Model::run(const Tensor& tokens, const Tensor& targets, bool ba
   be.gemm(dlogits, false, params_.param(lm_head_), false, dnf, 1.0, 0.0);
   be.gemm(dlogits, true, nf, false, params_.grad(lm_head_), 1.0, 1.0);
   Tensor dh = ctx.save(Shape{N, D});
-  be.rms_norm_backward(dnf, h, params_.param(final_norm_), rstd_f, dh,
-                       params_.grad(final_norm_));
+  be.rms_norm_backward(dnf, h, params_.param(final_norm_), rstd_f, dh, params_.grad(final_norm_));
   Tensor dn = ctx.save(Shape{N, D});     // gradient at a norm's output
   Tensor dnorm = ctx.save(Shape{N, D});  // gradient through a norm to its input
   for (std::size_t r = blocks_.size(); r-- > 0;) {

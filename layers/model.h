@@ -10,14 +10,14 @@
 #include "core/config.h"
 #include "core/memory.h"
 #include "core/parameter_store.h"
-#include "layers/layer.h"
 #include "kernels/ops.h"
+#include "layers/layer.h"
 
 namespace linmoe {
 
 struct MicroBatchLosses {
-  double loss = 0;     // lm_loss + aux_coeff·Σ aux + z_coeff·Σ z
-  double lm_loss = 0;  // mean over the micro-batch's tokens
+  double loss = 0;                  // lm_loss + aux_coeff·Σ aux + z_coeff·Σ z
+  double lm_loss = 0;               // mean over the micro-batch's tokens
   double aux_loss = 0, z_loss = 0;  // Σ over layers, unscaled
   std::int64_t tokens = 0;
   std::vector<std::vector<double>> expert_load;  // per MoE layer: fraction per expert
@@ -35,14 +35,13 @@ class Model {
 
   // tokens, targets: [B, T] i32 on the host. Runs forward and backward; parameter gradients
   // ACCUMULATE the gradient of loss_scale · (this micro-batch's total loss).
-  MicroBatchLosses forward_backward(const Tensor& tokens, const Tensor& targets,
-                                    double loss_scale);
+  MicroBatchLosses forward_backward(const Tensor& tokens, const Tensor& targets, double loss_scale);
   // Forward only (evaluation).
   MicroBatchLosses forward(const Tensor& tokens, const Tensor& targets);
 
   // Bytes of activations kept for backward for a [B, T] micro-batch (the arena's plan).
-  static std::size_t planned_activation_bytes(const ModelConfig& m, std::int64_t B,
-                                              std::int64_t T, DType dtype);
+  static std::size_t planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
+                                              DType dtype);
   std::size_t activation_peak_bytes() const { return saved_.peak() + scratch_.peak(); }
 
  private:

@@ -77,8 +77,8 @@ Trainer::Trainer(const Config& config, Runtime& runtime)
   if (c.data.train.empty()) {
     throw UserError("config: data.train = <absent>: training needs at least one dataset");
   }
-  const int threads = c.device.cpu_threads > 0 ? c.device.cpu_threads
-                                                : runtime.cpu_threads_per_rank();
+  const int threads =
+      c.device.cpu_threads > 0 ? c.device.cpu_threads : runtime.cpu_threads_per_rank();
   s_->backend = make_backend(parse_backend_kind(c.device.backend, "device.backend"), threads);
   if (c.train.precision == Precision::bf16 && s_->backend->device() == Device::cpu) {
     throw UserError(
@@ -122,8 +122,8 @@ int Trainer::train() {
   const std::int64_t tokens_per_step = std::int64_t{c.train.global_batch_size} * c.train.seq_len;
   const double peak = be.peak_flops_per_second();
   log_info("training ", c.train.steps, " steps of ", c.train.global_batch_size, " x ",
-           c.train.seq_len, " tokens (", M, " micro-batches of ", c.train.micro_batch_size,
-           "); ", si(s_->flops_per_token), "FLOP per token; metrics in ", s_->metrics->path());
+           c.train.seq_len, " tokens (", M, " micro-batches of ", c.train.micro_batch_size, "); ",
+           si(s_->flops_per_token), "FLOP per token; metrics in ", s_->metrics->path());
 
   const auto start = Clock::now();
   double last_loss = 0;
@@ -199,7 +199,8 @@ int Trainer::train() {
     last_loss = sum.loss;
 
     if (step == 1 || step % c.train.log_interval == 0 || step == c.train.steps) {
-      const double eta = elapsed / static_cast<double>(step) * static_cast<double>(c.train.steps - step);
+      const double eta =
+          elapsed / static_cast<double>(step) * static_cast<double>(c.train.steps - step);
       char buf[320];
       std::snprintf(buf, sizeof(buf),
                     "step %*lld/%lld | loss %.4f | lm %.4f | aux %.4f | grad %.3f | lr %.2e | "
@@ -207,8 +208,8 @@ int Trainer::train() {
                     static_cast<int>(std::to_string(c.train.steps).size()),
                     static_cast<long long>(step), static_cast<long long>(c.train.steps), sum.loss,
                     sum.lm_loss, sum.aux_loss, grad_norm, lr, si(tok_s).c_str(), step_s * 1e3,
-                    throughput_text(tflops, peak).c_str(),
-                    format_duration(elapsed).c_str(), format_duration(eta).c_str());
+                    throughput_text(tflops, peak).c_str(), format_duration(elapsed).c_str(),
+                    format_duration(eta).c_str());
       log_info(buf);
     }
     const bool last = step == c.train.steps;
@@ -216,7 +217,8 @@ int Trainer::train() {
         has_valid_split(c)) {
       EvalResult e = evaluate();
       char buf[160];
-      std::snprintf(buf, sizeof(buf), "eval at step %lld | loss %.4f | perplexity %.3f | %d micro-batches",
+      std::snprintf(buf, sizeof(buf),
+                    "eval at step %lld | loss %.4f | perplexity %.3f | %d micro-batches",
                     static_cast<long long>(step), e.loss, e.perplexity, e.batches);
       log_info(buf);
       Json ev = Json::object();

@@ -79,10 +79,11 @@ void print_costs(const Config& c) {
                 100.0 * f.per_token / total);
   }
   std::printf("  %-24s %14.4g  (%.3g per step of %d x %lld tokens)\n", "total", total,
-              total * c.train.global_batch_size * static_cast<double>(T),
-              c.train.global_batch_size, static_cast<long long>(T));
+              total * c.train.global_batch_size * static_cast<double>(T), c.train.global_batch_size,
+              static_cast<long long>(T));
   const MemoryEstimate m = memory_per_rank(c);
-  std::printf("\nmemory per rank (one rank holds the whole model until the parallel issue lands)\n");
+  std::printf(
+      "\nmemory per rank (one rank holds the whole model until the parallel issue lands)\n");
   std::printf("  %-24s %12s\n", "fp32 weights", format_bytes(m.weights).c_str());
   std::printf("  %-24s %12s\n", "fp32 gradients", format_bytes(m.gradients).c_str());
   std::printf("  %-24s %12s\n", "optimizer state", format_bytes(m.optimizer).c_str());

@@ -42,9 +42,9 @@ TEST_CASE("train: the tiny model's loss falls on the bundled corpus", "[e2e]") {
       CHECK(j.at("eval_ppl").as_double() > 1.0);
       continue;
     }
-    for (const char* key : {"step", "loss", "lm_loss", "aux_loss", "z_loss", "grad_norm", "lr",
-                            "tokens", "step_ms", "tokens_per_s", "tflops_per_gpu", "mfu",
-                            "mem_gib", "expert_load"}) {
+    for (const char* key :
+         {"step", "loss", "lm_loss", "aux_loss", "z_loss", "grad_norm", "lr", "tokens", "step_ms",
+          "tokens_per_s", "tflops_per_gpu", "mfu", "mem_gib", "expert_load"}) {
       CHECK(j.find(key) != nullptr);
     }
     losses.push_back(j.at("loss").as_double());

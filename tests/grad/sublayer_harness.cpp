@@ -120,14 +120,20 @@ std::vector<double> SublayerHarness::output() {
 }
 
 std::vector<GradCheckResult> SublayerHarness::check(int max_probes, double h) {
-  backend_->fill(store_.flat_grads(), 0.0);
-  backend_->fill(dx_, 0.0);
+  // Gradients start at a non-zero constant and it is taken off afterwards: a backward that
+  // overwrites instead of accumulating (MODEL contract: dx +=, dW +=) fails here.
+  constexpr double kStart = 0.25;
+  backend_->fill(store_.flat_grads(), kStart);
+  backend_->fill(dx_, kStart);
   std::unique_ptr<Sublayer::Cache> cache;
   forward_loss(true, &cache);
   backend_->copy(r_, dy_);
   LayerContext ctx = context();
   layer_->backward(ctx, *cache, dy_, dx_);
   cache.reset();
+  for (Tensor t : {store_.flat_grads(), dx_}) {
+    for (std::int64_t i = 0; i < t.numel(); ++i) t.ptr<double>()[i] -= kStart;
+  }
 
   auto probe = [&](const std::string& name, const Tensor& value, const Tensor& grad) {
     const std::int64_t n = value.numel();
