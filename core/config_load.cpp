@@ -2,6 +2,7 @@
 // cross-key rules (spec/CONFIG.md). Every failure is one line naming the key, value and rule.
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -41,7 +42,9 @@ void read_run(ConfigSection s, RunConfig& r) {
   s.finish();
 }
 
-void read_attention(ConfigSection s, int hidden, AttentionConfig& a) {
+// `used`: the layer pattern has this mixer; otherwise derived sizes need not divide (the
+// section is still read strictly, so typos are caught).
+void read_attention(ConfigSection s, int hidden, bool used, AttentionConfig& a) {
   a.num_heads = static_cast<int>(s.get_int("num_heads", a.num_heads, 1, kMaxI32));
   a.num_kv_heads = static_cast<int>(s.get_int("num_kv_heads", a.num_heads, 1, kMaxI32));
   if (a.num_heads % a.num_kv_heads != 0) {
@@ -50,20 +53,22 @@ void read_attention(ConfigSection s, int hidden, AttentionConfig& a) {
   if (s.has("head_dim")) {
     a.head_dim = static_cast<int>(s.get_int("head_dim", 0, 2, kMaxI32));
   } else {
-    if (hidden % a.num_heads != 0) {
+    if (used && hidden % a.num_heads != 0) {
       s.fail("num_heads",
              str_cat("must divide model.hidden_size = ", hidden, " when head_dim is not given"));
     }
-    a.head_dim = hidden / a.num_heads;
+    // Unused attention still resolves to a valid (even, ≥ 2) size so the resolved YAML reloads.
+    a.head_dim = used ? hidden / a.num_heads : std::max(2, hidden / a.num_heads / 2 * 2);
   }
-  if (a.head_dim % 2 != 0)
+  if (used && a.head_dim % 2 != 0) {
     s.fail_value("head_dim", std::to_string(a.head_dim), "must be even (RoPE rotates halves)");
+  }
   a.rope_theta = s.get_double("rope_theta", a.rope_theta, 0, 1e300, true, false);
   a.qkv_bias = s.get_bool("qkv_bias", a.qkv_bias);
   s.finish();
 }
 
-void read_lsm(ConfigSection s, int hidden, int attention_heads, LsmConfig& l) {
+void read_lsm(ConfigSection s, int hidden, int attention_heads, bool used, LsmConfig& l) {
   l.type = parse_lsm_type(s.get_choice("type", "lightning",
                                        {"linear_attention", "lightning", "retention", "gla",
                                         "hgrn2", "deltanet", "gated_deltanet", "mamba2"}));
@@ -160,8 +165,10 @@ void read_model(ConfigSection s, ModelConfig& m) {
   m.init_std = s.get_double("init_std", 0.02, 0, 1e300, true, false);
   m.tie_embeddings = s.get_bool("tie_embeddings", false);
   m.ffn_hidden_size = static_cast<int>(s.get_int("ffn_hidden_size", 512, 1, kMaxI32));
-  read_attention(s.section("attention"), m.hidden_size, m.attention);
-  read_lsm(s.section("lsm"), m.hidden_size, m.attention.num_heads, m.lsm);
+  const bool has_n = m.layer_pattern.find('N') != std::string::npos;
+  const bool has_l = m.layer_pattern.find('L') != std::string::npos;
+  read_attention(s.section("attention"), m.hidden_size, has_n, m.attention);
+  read_lsm(s.section("lsm"), m.hidden_size, m.attention.num_heads, has_l, m.lsm);
   read_moe(s.section("moe"), m.ffn_hidden_size, m.moe);
   s.finish();
 }

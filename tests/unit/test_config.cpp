@@ -204,6 +204,19 @@ TEST_CASE("config: every rejection names the key, the value and the rule", "[con
   }
 }
 
+TEST_CASE("config: head rules apply only to the mixers the pattern uses", "[config]") {
+  // hidden 20 is not divisible by the 4 default heads, but an all-LSM model never builds
+  // attention (and the other way round).
+  CHECK(
+      error_of({"model.hidden_size=20", "model.layer_pattern=L", "model.lsm.num_heads=5"}).empty());
+  CHECK(error_of({"model.hidden_size=20", "model.layer_pattern=N",
+                  "model.attention={num_heads: 5, head_dim: 4}"})
+            .empty());
+  CHECK(error_of({"model.hidden_size=18", "model.layer_pattern=LN", "model.lsm.num_heads=3"})
+            .rfind("config: model.attention.num_heads = 4: must divide model.hidden_size = 18",
+                   0) == 0);
+}
+
 TEST_CASE("config: YAML syntax errors and missing files name the file", "[config]") {
   std::string msg = error_of({}, 1, "model: {hidden_size: [1, 2");
   CHECK(msg.rfind("test.yaml: not valid YAML", 0) == 0);
