@@ -133,6 +133,60 @@ class Backend {
                                          const Tensor& d_log_decay,
                                          const Tensor& d_initial_state) = 0;
 
+  // ---- LSM core, vector-decay family (MODEL.md 3: gla, hgrn2) -----------------------------------
+  // Per batch b and head h, S_0 = initial_state (zeros when undefined):
+  //   S_t = Diag(exp(log_decay[t, h, :])) · S_{t−1} + k_t v_tᵀ,   o_t = scale · S_tᵀ q_t
+  // q, k, log_decay: [B, T, H, Dk] (log_decay finite and ≤ 0); v, o: [B, T, H, Dv]; states
+  // [B, H, Dk, Dv] in the stat dtype, each optional. Chunked with a reference point inside each
+  // (sub-)chunk so that no exponent of a positive cumulative log-decay is ever formed: safe for
+  // any T and decay strength. chunk_size never changes the mathematics.
+  virtual void lsm_vector_decay_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const Tensor& log_decay, double scale, int chunk_size,
+                                        const Tensor& initial_state, const Tensor& o,
+                                        const Tensor& final_state) = 0;
+  // Gradients (all overwritten; d_log_decay and d_initial_state may be undefined). Chunk states
+  // are recomputed, not stored.
+  virtual void lsm_vector_decay_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const Tensor& log_decay, double scale, int chunk_size,
+                                         const Tensor& initial_state, const Tensor& d_o,
+                                         const Tensor& d_final_state, const Tensor& dq,
+                                         const Tensor& dk, const Tensor& dv,
+                                         const Tensor& d_log_decay,
+                                         const Tensor& d_initial_state) = 0;
+
+  // ---- LSM core, delta-rule family (MODEL.md 3: deltanet, gated_deltanet) -----------------------
+  // Per batch b and head h, S_0 = initial_state (zeros when undefined), α_t = exp(log_decay[t, h])
+  // (α_t = 1 when log_decay is undefined: deltanet):
+  //   S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ,   o_t = scale · S_tᵀ q_t
+  // q, k: [B, T, H, Dk] (the caller L2-normalises them); v, o: [B, T, H, Dv]; beta, log_decay:
+  // [B, T, H] (log_decay finite and ≤ 0); states [B, H, Dk, Dv] stat dtype, optional. q, k, v, o,
+  // beta and the gradients may be row-strided views (last dimension contiguous); states are
+  // contiguous. Chunked with the WY/UT representation
+  // (a triangular solve per chunk, in fp32 or wider) and a sequential pass over chunk states.
+  virtual void lsm_delta_rule_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const Tensor& beta, const Tensor& log_decay, double scale,
+                                      int chunk_size, const Tensor& initial_state, const Tensor& o,
+                                      const Tensor& final_state) = 0;
+  // Gradients (overwritten; d_beta is required; d_log_decay must be undefined when log_decay is;
+  // d_initial_state
+  // may be undefined). Chunk states are recomputed, not stored.
+  virtual void lsm_delta_rule_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& beta, const Tensor& log_decay, double scale,
+                                       int chunk_size, const Tensor& initial_state,
+                                       const Tensor& d_o, const Tensor& d_final_state,
+                                       const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                       const Tensor& d_beta, const Tensor& d_log_decay,
+                                       const Tensor& d_initial_state) = 0;
+
+  // ---- L2 normalisation (MODEL.md 3: delta-rule q and k)
+  // ------------------------------------------ Rows of x: [N, d]: y = x / sqrt(Σ x² + eps);
+  // inv_norm: [N] stat = 1/sqrt(Σ x² + eps).
+  virtual void l2_norm_forward(const Tensor& x, double eps, const Tensor& y,
+                               const Tensor& inv_norm) = 0;
+  // dx = inv_norm · (dy − y ⟨y, dy⟩) per row, overwritten.
+  virtual void l2_norm_backward(const Tensor& x, const Tensor& inv_norm, const Tensor& dy,
+                                const Tensor& dx) = 0;
+
   // ---- RoPE and causal softmax attention (MODEL.md 2) ------------------------------------------
   // Rotate-half RoPE on x: [B, T, H, d] (d even), token t at global position position_offset + t:
   // for j < d/2, θ_j = theta^(−2j/d): (x_j, x_{j+d/2}) → (x_j cos − x_{j+d/2} sin,

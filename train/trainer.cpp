@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "core/log.h"
 #include "core/memory.h"
@@ -11,9 +12,11 @@
 #include "layers/cost.h"
 #include "layers/model.h"
 #include "parallel/runtime.h"
+#include "train/checkpoint.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
+#include "train/signals.h"
 
 namespace linmoe {
 namespace {
@@ -63,6 +66,10 @@ struct Trainer::State {
   std::unique_ptr<DataLoader> train_data;
   std::unique_ptr<MetricsWriter> metrics;
   double flops_per_token = 0;
+  bool loaded = false;               // load_checkpoint() ran
+  std::int64_t start_step = 0;       // the loaded checkpoint's step
+  std::int64_t tokens_at_start = 0;  // and its token count
+  std::unique_ptr<CheckpointWriter> writer;
   State(const Config& c, Runtime& r) : cfg(c), rt(r) {}
 };
 
@@ -113,6 +120,104 @@ EvalResult Trainer::evaluate() {
   return r;
 }
 
+std::int64_t Trainer::load_checkpoint(bool with_optimizer) {
+  const Config& c = s_->cfg;
+  s_->loaded = true;
+  const std::string& load = c.checkpoint.load;
+  if (load == "none") {
+    log_info("checkpoint.load = none: starting from the initialisation");
+    return 0;
+  }
+  const std::string where = load == "auto" ? c.checkpoint.dir : load;
+  std::optional<LoadedCheckpoint> ckpt = find_checkpoint(where);
+  if (!ckpt) {
+    if (load != "auto") {
+      throw UserError(str_cat("checkpoint.load = ", load, ": no checkpoint there (neither ",
+                              "meta.json nor iter_* folders)"));
+    }
+    log_info("no checkpoint under ", where, ": starting from the initialisation");
+    return 0;
+  }
+  restore_parameters(*ckpt, s_->model->params(), *s_->backend);
+  if (with_optimizer) {
+    restore_optimizer(*ckpt, s_->model->params(), *s_->optimizer, *s_->backend);
+    s_->train_data->set_consumed_samples(ckpt->consumed_samples);
+  }
+  s_->start_step = ckpt->step;
+  s_->tokens_at_start = ckpt->tokens;
+  log_info("loaded checkpoint ", ckpt->dir, ": step ", ckpt->step, ", ", ckpt->consumed_samples,
+           " samples, ", ckpt->tokens, " tokens consumed",
+           with_optimizer ? "; resuming after it" : " (weights only)");
+  return ckpt->step;
+}
+
+// Snapshots the state (the only part that stalls training) and writes it in the background.
+// Returns the stall in seconds.
+double Trainer::save_checkpoint(std::int64_t step, std::int64_t tokens) {
+  const Config& c = s_->cfg;
+  const auto t0 = Clock::now();
+  report_saved();  // waits for the previous save
+  CheckpointSnapshot& snap = s_->writer->begin();
+  snap.step = step;
+  snap.consumed_samples = s_->train_data->consumed_samples();
+  snap.tokens = tokens;
+  Json meta = Json::object();
+  meta["config"] = c.resolved_yaml;
+  Json layout = Json::object();
+  layout["world_size"] = s_->rt.world_size();
+  layout["tensor"] = c.parallel.tensor;
+  layout["pipeline"] = c.parallel.pipeline;
+  layout["context"] = c.parallel.context;
+  layout["expert"] = c.parallel.expert;
+  layout["data"] = c.parallel.data;
+  layout["zero"] = false;
+  layout["files"] =
+      "model.safetensors and optimizer.safetensors hold every tensor as rank 0's "
+      "slice; __metadata__.linmoe_slices gives each slice's global shape and offset";
+  meta["layout"] = layout;
+  Json sched = Json::object();
+  sched["type"] = c.optimizer.schedule.type == ScheduleType::cosine     ? "cosine"
+                  : c.optimizer.schedule.type == ScheduleType::constant ? "constant"
+                                                                        : "wsd";
+  sched["step"] = step;
+  sched["lr"] = step > 0 ? learning_rate(c.optimizer, step) : 0.0;
+  sched["state"] = "none: the learning rate is a function of the step (MODEL.md 5)";
+  meta["scheduler"] = sched;
+  Json rng = Json::object();
+  rng["seed"] = c.run.seed;
+  rng["generator"] = "Philox-4x32-10, counter-based";
+  rng["state"] = "none: every random value is a function of (seed, stream, index)";
+  meta["rng"] = rng;
+  Json data = Json::object();
+  data["consumed_samples"] = snap.consumed_samples;
+  data["data_seed"] = c.data.seed;
+  data["global_batch_size"] = c.train.global_batch_size;
+  data["seq_len"] = c.train.seq_len;
+  meta["data_iterator"] = data;
+  Json opt = Json::object();
+  opt["type"] = c.optimizer.type == OptimizerType::adamw ? "adamw" : "sgd";
+  Json names = Json::array();
+  for (const std::string& n : s_->optimizer->state_names()) names.push_back(n);
+  opt["state"] = names;
+  meta["optimizer"] = opt;
+  snap.meta = std::move(meta);
+  take_snapshot(s_->model->params(), *s_->optimizer, *s_->backend, snap);
+  s_->writer->submit();
+  const double stall = seconds_since(t0);
+  log_info("checkpoint at step ", step, ": training paused ", stall * 1e3,
+           " ms for the snapshot; writing ", s_->writer->root(), "/", checkpoint_name(step),
+           " in the background");
+  return stall;
+}
+
+// Logs a finished background save (rethrowing its error).
+void Trainer::report_saved() {
+  const std::string dir = s_->writer->wait();
+  if (!dir.empty()) {
+    log_info("checkpoint saved: ", dir, " (written in ", s_->writer->last_write_seconds(), " s)");
+  }
+}
+
 int Trainer::train() {
   const Config& c = s_->cfg;
   Backend& be = *s_->backend;
@@ -125,9 +230,30 @@ int Trainer::train() {
            c.train.seq_len, " tokens (", M, " micro-batches of ", c.train.micro_batch_size, "); ",
            si(s_->flops_per_token), "FLOP per token; metrics in ", s_->metrics->path());
 
+  StopSignals signals;
+  const std::int64_t first_step = (s_->loaded ? s_->start_step : load_checkpoint(true)) + 1;
+  const std::int64_t tokens_base = s_->tokens_at_start - (first_step - 1) * tokens_per_step;
+  if (first_step > c.train.steps) {
+    log_info("the checkpoint is at step ", first_step - 1, " and train.steps = ", c.train.steps,
+             ": nothing to train");
+    return 0;
+  }
+  s_->writer = std::make_unique<CheckpointWriter>(c.checkpoint.dir, c.checkpoint.keep_last);
+  {
+    const auto t0 = Clock::now();
+    CheckpointSnapshot& snap = s_->writer->begin();
+    prepare_snapshot(s_->model->params(), *s_->optimizer, snap);
+    log_info("checkpoints: every ", c.checkpoint.interval, " steps and at the end to ",
+             c.checkpoint.dir, " (keep_last ", c.checkpoint.keep_last, "); host snapshot buffers ",
+             format_bytes(4.0 * double(snap.params.size() + snap.optimizer_state.size())),
+             " prepared in ", seconds_since(t0), " s");
+  }
+  if (c.checkpoint.save_initial && first_step == 1) save_checkpoint(0, 0);
+
   const auto start = Clock::now();
   double last_loss = 0;
-  for (std::int64_t step = 1; step <= c.train.steps; ++step) {
+  std::int64_t last_step = first_step - 1;
+  for (std::int64_t step = first_step; step <= c.train.steps; ++step) {
     const auto step_start = Clock::now();
     be.fill(params.flat_grads(), 0.0);
     MicroBatchLosses sum;
@@ -180,7 +306,7 @@ int Trainer::train() {
     line["z_loss"] = sum.z_loss;
     line["grad_norm"] = grad_norm;
     line["lr"] = lr;
-    line["tokens"] = step * tokens_per_step;
+    line["tokens"] = tokens_base + step * tokens_per_step;
     line["step_ms"] = step_s * 1e3;
     line["tokens_per_s"] = tok_s;
     line["tflops_per_gpu"] = tflops;
@@ -199,8 +325,8 @@ int Trainer::train() {
     last_loss = sum.loss;
 
     if (step == 1 || step % c.train.log_interval == 0 || step == c.train.steps) {
-      const double eta =
-          elapsed / static_cast<double>(step) * static_cast<double>(c.train.steps - step);
+      const double eta = elapsed / static_cast<double>(step - first_step + 1) *
+                         static_cast<double>(c.train.steps - step);
       char buf[320];
       std::snprintf(buf, sizeof(buf),
                     "step %*lld/%lld | loss %.4f | lm %.4f | aux %.4f | grad %.3f | lr %.2e | "
@@ -227,12 +353,31 @@ int Trainer::train() {
       ev["eval_ppl"] = e.perplexity;
       s_->metrics->write(ev);
     }
+    last_step = step;
+    if (s_->writer->finished()) report_saved();
+    const int signal = StopSignals::requested();
+    const bool out_of_time =
+        c.checkpoint.exit_after_minutes > 0 && elapsed >= c.checkpoint.exit_after_minutes * 60.0;
+    if (signal != 0 || out_of_time) {
+      save_checkpoint(step, tokens_base + step * tokens_per_step);
+      report_saved();
+      log_info("stopped after step ", step, " (",
+               signal ? StopSignals::name(signal) : "checkpoint.exit_after_minutes",
+               "); the checkpoint is ", c.checkpoint.dir, "/", checkpoint_name(step),
+               "; run again to resume");
+      return 0;
+    }
+    if (last || (c.checkpoint.interval > 0 && step % c.checkpoint.interval == 0)) {
+      save_checkpoint(step, tokens_base + step * tokens_per_step);
+    }
   }
+  report_saved();
   const double total = seconds_since(start);
-  log_info("done: ", c.train.steps, " steps, ", si(double(c.train.steps * tokens_per_step)),
-           " tokens in ", format_duration(total), " (",
-           si(double(c.train.steps * tokens_per_step) / total), " tok/s); final loss ", last_loss,
-           "; peak activation arenas ", format_bytes(double(model.activation_peak_bytes())));
+  const double trained = static_cast<double>((last_step - first_step + 1) * tokens_per_step);
+  log_info("done: ", last_step, " steps (", last_step - first_step + 1, " in this run), ",
+           si(trained), " tokens in ", format_duration(total), " (", si(trained / total),
+           " tok/s); final loss ", last_loss, "; peak activation arenas ",
+           format_bytes(double(model.activation_peak_bytes())));
   return 0;
 }
 

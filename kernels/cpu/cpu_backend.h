@@ -63,6 +63,31 @@ class CpuBackend final : public Backend {
                                  const Tensor& dv, const Tensor& d_log_decay,
                                  const Tensor& d_initial_state) override;
 
+  void lsm_vector_decay_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& log_decay, double scale, int chunk_size,
+                                const Tensor& initial_state, const Tensor& o,
+                                const Tensor& final_state) override;
+  void lsm_vector_decay_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& log_decay, double scale, int chunk_size,
+                                 const Tensor& initial_state, const Tensor& d_o,
+                                 const Tensor& d_final_state, const Tensor& dq, const Tensor& dk,
+                                 const Tensor& dv, const Tensor& d_log_decay,
+                                 const Tensor& d_initial_state) override;
+  void lsm_delta_rule_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                              const Tensor& log_decay, double scale, int chunk_size,
+                              const Tensor& initial_state, const Tensor& o,
+                              const Tensor& final_state) override;
+  void lsm_delta_rule_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& beta, const Tensor& log_decay, double scale,
+                               int chunk_size, const Tensor& initial_state, const Tensor& d_o,
+                               const Tensor& d_final_state, const Tensor& dq, const Tensor& dk,
+                               const Tensor& dv, const Tensor& d_beta, const Tensor& d_log_decay,
+                               const Tensor& d_initial_state) override;
+  void l2_norm_forward(const Tensor& x, double eps, const Tensor& y,
+                       const Tensor& inv_norm) override;
+  void l2_norm_backward(const Tensor& x, const Tensor& inv_norm, const Tensor& dy,
+                        const Tensor& dx) override;
+
   void rope_forward(const Tensor& x, const Tensor& y, double theta,
                     std::int64_t position_offset) override;
   void rope_backward(const Tensor& dy, const Tensor& dx, double theta,
