@@ -11,8 +11,9 @@ namespace linmoe {
 // 'N': softmax attention with RoPE and GQA (MODEL.md 2). layers/attention.cpp
 std::unique_ptr<Sublayer> make_attention(const ModelConfig& m, int layer,
                                          const ParameterStore& params);
-// 'L': the LSM wrapper with a scalar-decay core (linear_attention, lightning, retention;
-// MODEL.md 3), or the mamba2 block. layers/lsm.cpp, layers/mamba2.cpp
+// 'L': the LSM wrapper of MODEL.md 3 with the core of lsm.type's kernel family (scalar decay:
+// linear_attention, lightning, retention; vector decay: gla, hgrn2; delta rule: deltanet,
+// gated_deltanet), or the mamba2 block. layers/lsm*.cpp, layers/mamba2.cpp
 std::unique_ptr<Sublayer> make_lsm(const ModelConfig& m, int layer, const ParameterStore& params);
 std::unique_ptr<Sublayer> make_mamba2(const ModelConfig& m, int layer,
                                       const ParameterStore& params);
