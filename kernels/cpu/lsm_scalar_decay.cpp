@@ -33,46 +33,12 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/lsm_chunk_common.h"
 
 namespace linmoe {
 namespace {
 
-using i64 = std::int64_t;
-
-// exp(x) for x ≤ 0, flushed to zero well before the subnormal range (subnormal arithmetic is
-// slow, and such a factor is far below the rounding of the terms it is added to).
-template <class T>
-constexpr double kMinLogDecay = -600.0;
-template <>
-constexpr double kMinLogDecay<float> = -60.0;
-
-template <class T>
-inline T decay_factor(double x) {
-  return x < kMinLogDecay<T> ? T(0) : static_cast<T>(std::exp(x));
-}
-
-template <class T>
-inline T dot(const T* a, const T* b, i64 n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (i64 i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-template <class T>
-inline void copy(const T* x, T* y, i64 n) {
-#pragma omp simd
-  for (i64 i = 0; i < n; ++i) y[i] = x[i];
-}
-
-// y[r, :] = 0 for r < rows (row stride ld).
-template <class T>
-inline void zero_rows(T* y, i64 rows, i64 cols, i64 ld) {
-  for (i64 r = 0; r < rows; ++r) {
-#pragma omp simd
-    for (i64 c = 0; c < cols; ++c) y[r * ld + c] = T(0);
-  }
-}
+using namespace cpu;  // lsm_chunk_common.h helpers
 
 // y[c, r] = s[r] · x[r, c] (s null: 1); x: [R, Cx] with row stride ldx, y with row stride ldy.
 template <class T>
@@ -142,18 +108,6 @@ void gemm_acc(i64 M, i64 N, i64 K, const T* a, i64 lda, const T* b, i64 ldb, T* 
     }
   }
 }
-
-// A [B, T, H, D] tensor whose last dimension is contiguous (rows may be strided: q, k and v
-// can be views of a fused projection), or a [B, T, H] tensor (D = 1).
-template <class T>
-struct Rows {
-  T* data = nullptr;
-  i64 sb = 0, st = 0, sh = 0;
-  Rows() = default;
-  explicit Rows(const Tensor& x)
-      : data(static_cast<T*>(x.data)), sb(x.stride(0)), st(x.stride(1)), sh(x.stride(2)) {}
-  T* at(i64 b, i64 t, i64 h) const { return data + b * sb + t * st + h * sh; }
-};
 
 struct Dims {
   i64 B = 0, T = 0, H = 0, Hk = 0, Dk = 0, Dv = 0, C = 0;
@@ -424,10 +378,6 @@ void backward_head(const Dims& d, const Inputs<T>& in, const Grads<T>& gr, i64 b
 }
 
 // ---- launchers -------------------------------------------------------------------------------
-
-bool given(const Tensor& t) {
-  return t.defined();
-}
 
 void check_rows(const Tensor& t, const Shape& shape, DType dtype, const char* op, const char* arg) {
   cpu::check_cpu(t, op, arg);

@@ -44,18 +44,12 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/lsm_chunk_common.h"
 
 namespace linmoe {
 namespace {
 
-using i64 = std::int64_t;
-
-// Decay factors exp(x), x ≤ 0, flush to zero below exp(kMinLogDecay): far below the rounding of
-// the terms they scale, and it keeps subnormal arithmetic (slow) out of the walks.
-template <class T>
-constexpr double kMinLogDecay = -600.0;
-template <>
-constexpr double kMinLogDecay<float> = -60.0;
+using namespace cpu;  // lsm_chunk_common.h helpers
 
 template <class T>
 inline T decay_factor(T x) {
@@ -75,21 +69,6 @@ inline T min_factor() {
 template <class T>
 inline double flush(double x) {
   return x < kMinFactor<T> ? 0.0 : x;
-}
-
-template <class T>
-inline void copy(const T* x, T* y, i64 n) {
-#pragma omp simd
-  for (i64 i = 0; i < n; ++i) y[i] = x[i];
-}
-
-// y[r, :] = 0 for r < rows (row stride ld).
-template <class T>
-inline void zero_rows(T* y, i64 rows, i64 cols, i64 ld) {
-  for (i64 r = 0; r < rows; ++r) {
-#pragma omp simd
-    for (i64 c = 0; c < cols; ++c) y[r * ld + c] = T(0);
-  }
 }
 
 // y[c, r] = x[r, c]; x: [R, Cx] with row stride ldx, y with row stride ldy.
@@ -140,17 +119,6 @@ void gemm_acc(i64 M, i64 N, i64 K, const T* a, i64 lda, const T* b, i64 ldb, T* 
     }
   }
 }
-
-// A [B, T, H, D] tensor whose last dimension is contiguous (rows may be strided views).
-template <class T>
-struct Rows {
-  T* data = nullptr;
-  i64 sb = 0, st = 0, sh = 0;
-  Rows() = default;
-  explicit Rows(const Tensor& x)
-      : data(static_cast<T*>(x.data)), sb(x.stride(0)), st(x.stride(1)), sh(x.stride(2)) {}
-  T* at(i64 b, i64 t, i64 h) const { return data + b * sb + t * st + h * sh; }
-};
 
 struct Dims {
   i64 B = 0, T = 0, H = 0, Dk = 0, Dv = 0, C = 0;
@@ -615,10 +583,6 @@ void backward_head(const Dims& d, const Inputs<T>& in, const Grads<T>& gr, i64 b
 }
 
 // ---- launchers -------------------------------------------------------------------------------
-
-bool given(const Tensor& t) {
-  return t.defined();
-}
 
 void check_rows(const Tensor& t, const Shape& shape, DType dtype, const char* op, const char* arg) {
   cpu::check_cpu(t, op, arg);
