@@ -4,6 +4,8 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/ops.h"
 
 namespace linmoe::cpu {
 
@@ -60,6 +62,32 @@ struct Rows {
 // Optional tensors of the LSM ops: "not given" is Tensor{}.
 inline bool given(const Tensor& t) {
   return t.defined();
+}
+
+// A [B, T, H(, D)] input or gradient: on the CPU, the op's dtype, the given shape, and a
+// contiguous last dimension (rows may be strided).
+inline void check_rows(const Tensor& t, const Shape& shape, DType dtype, const char* op,
+                       const char* arg) {
+  check_cpu(t, op, arg);
+  check_dtype(t, dtype, op, arg);
+  check_shape(t, shape, op, arg);
+  LINMOE_CHECK(t.ndim() < 4 || t.shape[3] <= 1 || t.strides[3] == 1, op, ": ", arg, " ", t.str(),
+               " needs a contiguous last dimension");
+}
+
+// A state [B, H, Dk, Dv]: contiguous, in the statistics dtype. Dims: the family's sizes.
+template <class Dims>
+void check_state(const Tensor& t, const Dims& d, DType dtype, const char* op, const char* arg) {
+  check_cpu(t, op, arg);
+  check_dtype(t, stat_dtype(dtype), op, arg);
+  check_shape(t, Shape{d.B, d.H, d.Dk, d.Dv}, op, arg);
+  check_contiguous(t, op, arg);
+}
+
+// Threads for a parallel loop over (batch, head) pairs, sized by the work.
+template <class Dims>
+int threads_for_heads(const Dims& d, int threads) {
+  return threads_for(d.B * d.T * d.H * (d.Dk + d.Dv), threads);
 }
 
 }  // namespace linmoe::cpu

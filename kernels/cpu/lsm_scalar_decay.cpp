@@ -379,21 +379,6 @@ void backward_head(const Dims& d, const Inputs<T>& in, const Grads<T>& gr, i64 b
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void check_rows(const Tensor& t, const Shape& shape, DType dtype, const char* op, const char* arg) {
-  cpu::check_cpu(t, op, arg);
-  check_dtype(t, dtype, op, arg);
-  check_shape(t, shape, op, arg);
-  LINMOE_CHECK(t.ndim() < 4 || t.shape[3] <= 1 || t.strides[3] == 1, op, ": ", arg, " ", t.str(),
-               " needs a contiguous last dimension");
-}
-
-void check_state(const Tensor& t, const Dims& d, DType dtype, const char* op, const char* arg) {
-  cpu::check_cpu(t, op, arg);
-  check_dtype(t, stat_dtype(dtype), op, arg);
-  check_shape(t, Shape{d.B, d.H, d.Dk, d.Dv}, op, arg);
-  check_contiguous(t, op, arg);
-}
-
 // Checks q, k, v, log_decay and chunk_size (and the optional initial state); returns the sizes.
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_decay,
                   int chunk_size, const Tensor& initial_state, const char* op) {
@@ -424,10 +409,6 @@ Inputs<T> make_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const T
   in.initial_state = given(initial_state) ? static_cast<const T*>(initial_state.data) : nullptr;
   in.scale = static_cast<T>(scale);
   return in;
-}
-
-int threads_for_heads(const Dims& d, int threads) {
-  return cpu::threads_for(d.B * d.T * d.H * (d.Dk + d.Dv), threads);
 }
 
 template <class T>
