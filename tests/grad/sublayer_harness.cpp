@@ -119,6 +119,31 @@ std::vector<double> SublayerHarness::output() {
   return v;
 }
 
+AccumulationResult SublayerHarness::check_accumulation() {
+  AccumulationResult r{0.0, true, true};
+  auto run = [&](double start) {
+    backend_->fill(store_.flat_grads(), start);
+    backend_->fill(dx_, start);
+    saved_.reset();
+    scratch_.reset();
+    LayerContext ctx = context();
+    std::unique_ptr<Sublayer::Cache> cache = layer_->forward(ctx, x_, y_, nullptr);
+    r.scratch_released_after_forward &= scratch_.used() == 0;
+    backend_->copy(r_, dy_);
+    layer_->backward(ctx, *cache, dy_, dx_);
+    r.scratch_released_after_backward &= scratch_.used() == 0;
+    std::vector<double> g(dx_.ptr<double>(), dx_.ptr<double>() + dx_.numel());
+    const Tensor grads = store_.flat_grads();
+    g.insert(g.end(), grads.ptr<double>(), grads.ptr<double>() + grads.numel());
+    return g;
+  };
+  const std::vector<double> from_zero = run(0.0), from_start = run(0.25);
+  for (std::size_t i = 0; i < from_zero.size(); ++i) {
+    r.worst_diff = std::max(r.worst_diff, std::fabs(from_start[i] - (from_zero[i] + 0.25)));
+  }
+  return r;
+}
+
 std::vector<GradCheckResult> SublayerHarness::check(int max_probes, double h) {
   // Gradients start at a non-zero constant and it is taken off afterwards: a backward that
   // overwrites instead of accumulating (MODEL contract: dx +=, dW +=) fails here.

@@ -23,6 +23,14 @@ struct GradCheckResult {
   int probed;        // elements probed
 };
 
+// Backward run from gradients at 0 and again from 0.25 everywhere (layers/layer.h: backward
+// ACCUMULATES into dx and the parameter gradients): the second must be the first + 0.25.
+struct AccumulationResult {
+  double worst_diff;                    // max |from_start − (from_zero + 0.25)|
+  bool scratch_released_after_forward;  // forward rewound its temporaries (ScratchScope)
+  bool scratch_released_after_backward;
+};
+
 class SublayerHarness {
  public:
   // `prefix` selects the parameters (e.g. "layers.0.mixer."); B·T tokens of width D.
@@ -38,6 +46,7 @@ class SublayerHarness {
   // Runs forward + backward; then finite differences on up to `max_probes` elements of every
   // parameter and of the input (step h); returns one result per tensor.
   std::vector<GradCheckResult> check(int max_probes = 12, double h = 1e-5);
+  AccumulationResult check_accumulation();
   // The last forward's output as doubles.
   std::vector<double> output();
   SublayerStats last_stats() const { return stats_; }

@@ -297,35 +297,10 @@ TEST_CASE("lsm: backward accumulates into dx and the parameter gradients", "[gra
     INFO(c.name());
     const ModelConfig m = model_for(c);
     testing::SublayerHarness h(m, 0, kPrefix, make_lsm, c.B, c.T, /*seed=*/3);
-    Backend& be = h.backend();
-    ParameterStore& store = h.params();
-    std::unique_ptr<Sublayer> layer = make_lsm(m, 0, store);
-    Arena saved(host_allocator(), 1 << 16, "saved"), scratch(host_allocator(), 1 << 16, "scratch");
-    LayerContext ctx{be, store, saved, scratch, DType::f64};
-    const Shape shape{c.B, c.T, kD};
-    testing::HostTensor y(DType::f64, shape), dy(DType::f64, shape), dx(DType::f64, shape);
-    testing::fill_uniform(dy.t(), 17);
-
-    // Gradients from zero, then from 0.25 everywhere: the second must be the first + 0.25.
-    auto run = [&](double start) {
-      be.fill(store.flat_grads(), start);
-      be.fill(dx.t(), start);
-      saved.reset();
-      std::unique_ptr<Sublayer::Cache> cache = layer->forward(ctx, h.input(), y.t(), nullptr);
-      layer->backward(ctx, *cache, dy.t(), dx.t());
-      Vec g = dx.to_f64();
-      const Tensor grads = store.flat_grads();
-      for (i64 i = 0; i < grads.numel(); ++i) g.push_back(grads.ptr<double>()[i]);
-      return g;
-    };
-    const Vec from_zero = run(0.0), from_start = run(0.25);
-    REQUIRE(from_zero.size() == from_start.size());
-    double worst_diff = 0;
-    for (std::size_t i = 0; i < from_zero.size(); ++i) {
-      worst_diff = std::max(worst_diff, std::fabs(from_start[i] - (from_zero[i] + 0.25)));
-    }
-    CHECK(worst_diff <= 1e-12);
-    CHECK(scratch.used() == 0);  // every temporary was released (ScratchScope)
+    const testing::AccumulationResult r = h.check_accumulation();
+    CHECK(r.worst_diff <= 1e-12);
+    CHECK(r.scratch_released_after_forward);
+    CHECK(r.scratch_released_after_backward);
   }
 }
 
