@@ -1,16 +1,18 @@
 #include "layers/model.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/log.h"
 #include "layers/init.h"
 #include "layers/linear.h"
-#include "layers/model_spec.h"
 #include "layers/sublayers.h"
+#include "parallel/process_groups.h"
 
 namespace linmoe {
 
 struct Model::Block {
+  int layer = 0;  // global index
   int mixer_norm = -1, ffn_norm = -1;
   std::unique_ptr<Sublayer> mixer, ffn;
 };
@@ -23,23 +25,46 @@ struct BlockActivations {
   std::unique_ptr<Sublayer::Cache> mixer_cache, ffn_cache;
 };
 
+ShardingPlan one_rank_plan(const ModelConfig& m) {
+  ShardingPlan p;
+  p.stage_layers = {m.num_layers};
+  return p;
+}
+
 }  // namespace
 
-struct Model::ForwardState {
+// One micro-batch in flight: its activations (own arena) until its backward.
+struct Model::Slot {
+  Arena saved;
+  bool active = false, with_backward = false;
+  std::int64_t B = 0, T = 0;
+  double loss_scale = 1.0;
+  std::int64_t tokens_global = 0;       // B·T·cp: the loss is a mean over all of them
+  Tensor ids, tgt;                      // [N] i32 on the device
   std::vector<BlockActivations> blocks;
+  Tensor h_last;                        // [N, D] the last block's output
+  Tensor nf, rstd_f, logits, lse;       // the head (last stage)
 };
 
 Model::Model(const ModelConfig& config, Backend& backend, DType dtype)
-    : config_(config), backend_(backend), dtype_(dtype) {
-  for (const ModelParam& p : model_parameters(config_)) {
-    params_.add(whole_param(p.name, p.shape));
-  }
+    : Model(config, backend, dtype, one_rank_plan(config), nullptr) {}
+
+Model::Model(const ModelConfig& config, Backend& backend, DType dtype, const ShardingPlan& plan,
+             const ProcessGroups* groups)
+    : config_(config), backend_(backend), dtype_(dtype), plan_(plan), groups_(groups) {
+  if (plan_.stage_layers.empty()) plan_ = one_rank_plan(config_);
+  sharded_ = shard_parameters(config_, plan_);
+  for (const ShardedParam& p : sharded_) params_.add(p.spec);
   params_.allocate(backend_.allocator(), dtype_, dtype_);
-  embed_ = params_.index("embed.weight");
-  final_norm_ = params_.index("final_norm.weight");
-  lm_head_ = config_.tie_embeddings ? embed_ : params_.index("lm_head.weight");
-  for (int i = 0; i < config_.num_layers; ++i) {
+  if (plan_.first_stage() || config_.tie_embeddings) embed_ = params_.find("embed.weight");
+  if (plan_.last_stage()) {
+    final_norm_ = params_.index("final_norm.weight");
+    lm_head_ = config_.tie_embeddings ? params_.index("embed.weight")
+                                      : params_.index("lm_head.weight");
+  }
+  for (int i = plan_.first_layer(); i < plan_.last_layer(); ++i) {
     auto b = std::make_unique<Block>();
+    b->layer = i;
     const std::string p = "layers." + std::to_string(i) + ".";
     b->mixer_norm = params_.index(p + "mixer_norm.weight");
     b->ffn_norm = params_.index(p + "ffn_norm.weight");
@@ -49,12 +74,24 @@ Model::Model(const ModelConfig& config, Backend& backend, DType dtype)
                                          : make_dense_ffn(config_, i, params_);
     blocks_.push_back(std::move(b));
   }
+  set_slots(1);
 }
 
 Model::~Model() = default;
 
 void Model::initialize(std::uint64_t seed) {
   initialize_parameters(params_, config_, seed, backend_);
+}
+
+void Model::set_slots(int n) {
+  LINMOE_CHECK(n >= 1, "Model::set_slots(", n, ")");
+  while (static_cast<int>(slots_.size()) < n) slots_.push_back(std::make_unique<Slot>());
+}
+
+std::size_t Model::activation_peak_bytes() const {
+  std::size_t total = scratch_.peak();
+  for (const auto& s : slots_) total += s->saved.peak();
+  return total;
 }
 
 std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
@@ -83,109 +120,189 @@ std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B
   return static_cast<std::size_t>(N * per_token) * dtype_size(dtype) + slack;
 }
 
+void Model::tp_all_reduce(const Tensor& t) {
+  if (groups_ && plan_.tp > 1) groups_->tp().all_reduce(t);
+}
+
+void Model::prepare_slot(Slot& s, std::int64_t B, std::int64_t T) {
+  const std::size_t plan = planned_activation_bytes(config_, B, T, dtype_);
+  if (s.saved.capacity() < plan) {
+    // Sized from the config's plan once per shape; a short plan grows the arena (with a note).
+    s.saved = Arena(backend_.allocator(), plan, "activations");
+    log_info("activation arena: ", format_bytes(double(plan)), " planned for a [", B, ", ", T,
+             "] micro-batch");
+  }
+  if (scratch_.capacity() < plan / 4) {
+    scratch_ = Arena(backend_.allocator(), plan / 4 + (std::size_t{1} << 20), "scratch");
+  }
+  s.saved.reset();
+  s.blocks.clear();
+  s.blocks.resize(blocks_.size());
+  s.B = B;
+  s.T = T;
+}
+
+LayerContext Model::context(Slot& s) {
+  LayerContext ctx{backend_, params_, s.saved, scratch_, dtype_};
+  ctx.loss_scale = s.loss_scale;
+  ctx.groups = groups_;
+  if (groups_) ctx.position_offset = groups_->coords().cp_rank * s.T;
+  return ctx;
+}
+
 MicroBatchLosses Model::forward_backward(const Tensor& tokens, const Tensor& targets,
                                          double loss_scale) {
-  return run(tokens, targets, true, loss_scale);
+  LINMOE_CHECK(plan_.pp == 1, "Model::forward_backward runs a whole model; use the stage API");
+  MicroBatchLosses out = stage_forward(0, tokens, targets, Tensor{}, true, loss_scale).losses;
+  stage_backward(0, Tensor{});
+  return out;
 }
 
 MicroBatchLosses Model::forward(const Tensor& tokens, const Tensor& targets) {
-  return run(tokens, targets, false, 1.0);
+  LINMOE_CHECK(plan_.pp == 1, "Model::forward runs a whole model; use the stage API");
+  return stage_forward(0, tokens, targets, Tensor{}, false, 1.0).losses;
 }
 
-MicroBatchLosses Model::run(const Tensor& tokens, const Tensor& targets, bool backward,
-                            double loss_scale) {
+Model::StageOutput Model::stage_forward(int slot, const Tensor& tokens, const Tensor& targets,
+                                        const Tensor& h_in, bool with_backward,
+                                        double loss_scale) {
   LINMOE_CHECK(tokens.ndim() == 2 && tokens.dtype == DType::i32, "tokens must be [B, T] i32, got ",
                tokens.str());
   check_shape(targets, tokens.shape, "model", "targets");
-  const std::int64_t B = tokens.size(0), T = tokens.size(1), N = B * T, D = config_.hidden_size,
-                     V = config_.vocab_size;
-  const DType stat = stat_dtype(dtype_);
+  LINMOE_CHECK(slot >= 0 && slot < static_cast<int>(slots_.size()), "slot ", slot, " of ",
+               slots_.size());
+  Slot& s = *slots_[static_cast<std::size_t>(slot)];
+  LINMOE_CHECK(!s.active, "activation slot ", slot, " is still in use");
+  const std::int64_t B = tokens.size(0), T = tokens.size(1), N = B * T, D = config_.hidden_size;
   Backend& be = backend_;
-  const std::size_t plan = planned_activation_bytes(config_, B, T, dtype_);
-  if (saved_.capacity() < plan) {
-    // Sized from the config's plan once per shape; a short plan grows the arena (with a note).
-    saved_ = Arena(be.allocator(), plan, "activations");
-    scratch_ = Arena(be.allocator(), plan / 4 + (std::size_t{1} << 20), "scratch");
-    log_info("activation arenas: ", format_bytes(double(plan)), " planned for a [", B, ", ", T,
-             "] micro-batch");
+  const DType stat = stat_dtype(dtype_);
+  prepare_slot(s, B, T);
+  s.active = with_backward;
+  s.with_backward = with_backward;
+  s.loss_scale = loss_scale;
+  const int cp = groups_ ? groups_->layout().cp : 1;
+  s.tokens_global = N * cp;
+  LayerContext ctx = context(s);
+
+  s.ids = s.saved.allocate(DType::i32, Shape{N});
+  s.tgt = s.saved.allocate(DType::i32, Shape{N});
+  be.copy(tokens.reshape(Shape{N}), s.ids);
+  be.copy(targets.reshape(Shape{N}), s.tgt);
+
+  StageOutput out;
+  out.losses.tokens = s.tokens_global;
+  Tensor h = ctx.save(Shape{N, D});  // [N, D]
+  if (plan_.first_stage()) {
+    // h = embed.weight[tokens]: each tp rank holds a vocabulary block, the others give zeros.
+    be.embedding_forward(s.ids, params_.param(embed_), h, params_.spec(embed_).offset[0]);
+    tp_all_reduce(h);
+  } else {
+    check_shape(h_in, Shape{N, D}, "pipeline stage", "input");
+    be.copy(h_in, h);
   }
-  saved_.reset();
-  scratch_.reset();
-  LayerContext ctx{be, params_, saved_, scratch_, dtype_};
-  ctx.loss_scale = loss_scale;
-
-  // Token ids on the backend's device.
-  Tensor ids = saved_.allocate(DType::i32, Shape{N});
-  Tensor tgt = saved_.allocate(DType::i32, Shape{N});
-  be.copy(tokens.reshape(Shape{N}), ids);
-  be.copy(targets.reshape(Shape{N}), tgt);
-
-  MicroBatchLosses out;
-  out.tokens = N;
-  ForwardState st;
-  st.blocks.resize(blocks_.size());
-
-  // h = embed.weight[tokens]  [N, D]
-  Tensor h = ctx.save(Shape{N, D});
-  be.embedding_forward(ids, params_.param(embed_), h);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = *blocks_[i];
-    BlockActivations& act = st.blocks[i];
+    BlockActivations& act = s.blocks[i];
     act.h = h;
     act.n1 = ctx.save(Shape{N, D});
-    act.rstd1 = saved_.allocate(stat, Shape{N});
+    act.rstd1 = s.saved.allocate(stat, Shape{N});
     be.rms_norm_forward(h, params_.param(b.mixer_norm), config_.norm_eps, act.n1, act.rstd1);
     act.a = ctx.save(Shape{N, D});
     SublayerStats mixer_stats;
     act.mixer_cache = b.mixer->forward(ctx, act.n1.reshape(Shape{B, T, D}),
                                        act.a.reshape(Shape{B, T, D}), &mixer_stats);
+    tp_all_reduce(act.a);
     be.axpy(1.0, h, act.a);  // a = h + Mixer(RMSNorm(h))
     act.n2 = ctx.save(Shape{N, D});
-    act.rstd2 = saved_.allocate(stat, Shape{N});
+    act.rstd2 = s.saved.allocate(stat, Shape{N});
     be.rms_norm_forward(act.a, params_.param(b.ffn_norm), config_.norm_eps, act.n2, act.rstd2);
     Tensor next = ctx.save(Shape{N, D});
     SublayerStats ffn_stats;
     act.ffn_cache = b.ffn->forward(ctx, act.n2.reshape(Shape{B, T, D}),
                                    next.reshape(Shape{B, T, D}), &ffn_stats);
+    tp_all_reduce(next);
     be.axpy(1.0, act.a, next);  // h = a + FFN(RMSNorm(a))
-    out.aux_loss += ffn_stats.aux_loss;
-    out.z_loss += ffn_stats.z_loss;
-    if (!ffn_stats.expert_load.empty()) out.expert_load.push_back(ffn_stats.expert_load);
+    out.losses.aux_loss += ffn_stats.aux_loss;
+    out.losses.z_loss += ffn_stats.z_loss;
+    if (!ffn_stats.expert_load.empty()) out.losses.expert_load.push_back(ffn_stats.expert_load);
     h = next;
   }
+  s.h_last = h;
+  if (plan_.last_stage()) {
+    head_forward(s, ctx, out.losses, loss_scale);
+  } else {
+    out.h = h;
+  }
+  out.losses.loss = out.losses.lm_loss + config_.moe.aux_loss_coeff * out.losses.aux_loss +
+                    config_.moe.z_loss_coeff * out.losses.z_loss;
+  if (!with_backward) {
+    s.blocks.clear();  // drop the sublayer caches
+  }
+  return out;
+}
 
-  // logits = RMSNorm(h) lm_headᵀ  [N, V]; loss per token = lse − logit[target].
-  Tensor nf = ctx.save(Shape{N, D});
-  Tensor rstd_f = saved_.allocate(stat, Shape{N});
-  be.rms_norm_forward(h, params_.param(final_norm_), config_.norm_eps, nf, rstd_f);
-  Tensor logits = ctx.save(Shape{N, V});
-  be.gemm(nf, false, params_.param(lm_head_), true, logits, 1.0, 0.0);
-  Tensor lse = saved_.allocate(stat, Shape{N});
-  Tensor target_logit = saved_.allocate(stat, Shape{N});
-  be.cross_entropy_stats(logits, tgt, 0, lse, target_logit);
-  out.lm_loss = (be.sum(lse) - be.sum(target_logit)) / static_cast<double>(N);
-  out.loss = out.lm_loss + config_.moe.aux_loss_coeff * out.aux_loss +
-             config_.moe.z_loss_coeff * out.z_loss;
-  if (!backward) return out;
+// logits = RMSNorm(h) lm_headᵀ [N, Vl] on this rank's vocabulary block; per token
+// loss = lse − logit[target] with lse and the target logit reduced over the tp blocks.
+void Model::head_forward(Slot& s, LayerContext& ctx, MicroBatchLosses& out, double /*loss_scale*/) {
+  Backend& be = backend_;
+  const DType stat = stat_dtype(dtype_);
+  const std::int64_t N = s.B * s.T, D = config_.hidden_size;
+  const Tensor w = params_.param(lm_head_);
+  const std::int64_t Vl = w.size(0), vocab_start = params_.spec(lm_head_).offset[0];
+  s.nf = ctx.save(Shape{N, D});
+  s.rstd_f = s.saved.allocate(stat, Shape{N});
+  be.rms_norm_forward(s.h_last, params_.param(final_norm_), config_.norm_eps, s.nf, s.rstd_f);
+  s.logits = ctx.save(Shape{N, Vl});
+  be.gemm(s.nf, false, w, true, s.logits, 1.0, 0.0);
+  s.lse = s.saved.allocate(stat, Shape{N});
+  ScratchScope scope(scratch_);
+  Tensor target_logit = scratch_.allocate(stat, Shape{N});
+  be.cross_entropy_stats(s.logits, s.tgt, vocab_start, s.lse, target_logit);
+  if (groups_ && plan_.tp > 1) {
+    // lse over the whole vocabulary = m + log Σ_r exp(lse_r − m), m the max over the blocks.
+    // Combined on the host ([N] values per micro-batch); a device op can replace it later.
+    Communicator& tp = groups_->tp();
+    std::vector<double> lse(static_cast<std::size_t>(N)), m, e(static_cast<std::size_t>(N));
+    be.copy(s.lse, Tensor(lse.data(), DType::f64, Device::cpu, Shape{N}));
+    m = lse;
+    tp.all_reduce(m.data(), N, DType::f64, ReduceOp::max);
+    for (std::size_t n = 0; n < lse.size(); ++n) e[n] = std::exp(lse[n] - m[n]);
+    tp.all_reduce(e.data(), N, DType::f64, ReduceOp::sum);
+    for (std::size_t n = 0; n < lse.size(); ++n) lse[n] = m[n] + std::log(e[n]);
+    be.copy(Tensor(lse.data(), DType::f64, Device::cpu, Shape{N}), s.lse);
+    tp.all_reduce(target_logit);  // the target lies in exactly one block
+  }
+  double loss_sum = be.sum(s.lse) - be.sum(target_logit);
+  if (groups_ && groups_->layout().cp > 1) loss_sum = groups_->cp().all_reduce_sum(loss_sum);
+  out.lm_loss = loss_sum / static_cast<double>(s.tokens_global);
+}
 
-  // Backward. dlogits = (softmax − onehot) · loss_scale / N.
-  Tensor dloss = scratch_.allocate(stat, Shape{N});
-  be.fill(dloss, loss_scale / static_cast<double>(N));
-  Tensor dlogits = ctx.save(Shape{N, V});
-  be.cross_entropy_backward(logits, tgt, 0, lse, dloss, dlogits);
-  Tensor dnf = ctx.save(Shape{N, D});
-  be.gemm(dlogits, false, params_.param(lm_head_), false, dnf, 1.0, 0.0);
-  be.gemm(dlogits, true, nf, false, params_.grad(lm_head_), 1.0, 1.0);
+Tensor Model::stage_backward(int slot, const Tensor& dh_out) {
+  LINMOE_CHECK(slot >= 0 && slot < static_cast<int>(slots_.size()), "slot ", slot);
+  Slot& s = *slots_[static_cast<std::size_t>(slot)];
+  LINMOE_CHECK(s.active && s.with_backward, "stage_backward on slot ", slot,
+               " without a forward that kept its activations");
+  Backend& be = backend_;
+  LayerContext ctx = context(s);
+  const std::int64_t B = s.B, T = s.T, N = B * T, D = config_.hidden_size;
   Tensor dh = ctx.save(Shape{N, D});
-  be.rms_norm_backward(dnf, h, params_.param(final_norm_), rstd_f, dh, params_.grad(final_norm_));
+  if (plan_.last_stage()) {
+    head_backward(s, ctx);
+    be.rms_norm_backward(s.nf, s.h_last, params_.param(final_norm_), s.rstd_f, dh,
+                         params_.grad(final_norm_));
+  } else {
+    check_shape(dh_out, Shape{N, D}, "pipeline stage", "output gradient");
+    be.copy(dh_out, dh);
+  }
   Tensor dn = ctx.save(Shape{N, D});     // gradient at a norm's output
   Tensor dnorm = ctx.save(Shape{N, D});  // gradient through a norm to its input
   for (std::size_t r = blocks_.size(); r-- > 0;) {
     Block& b = *blocks_[r];
-    BlockActivations& act = st.blocks[r];
+    BlockActivations& act = s.blocks[r];
     // h_next = a + FFN(RMSNorm(a)): da = dh + RMSNorm'(FFN'(dh)).
     be.fill(dn, 0.0);
     b.ffn->backward(ctx, *act.ffn_cache, dh.reshape(Shape{B, T, D}), dn.reshape(Shape{B, T, D}));
+    tp_all_reduce(dn);
     be.rms_norm_backward(dn, act.a, params_.param(b.ffn_norm), act.rstd2, dnorm,
                          params_.grad(b.ffn_norm));
     be.axpy(1.0, dnorm, dh);
@@ -193,14 +310,39 @@ MicroBatchLosses Model::run(const Tensor& tokens, const Tensor& targets, bool ba
     be.fill(dn, 0.0);
     b.mixer->backward(ctx, *act.mixer_cache, dh.reshape(Shape{B, T, D}),
                       dn.reshape(Shape{B, T, D}));
+    tp_all_reduce(dn);
     be.rms_norm_backward(dn, act.h, params_.param(b.mixer_norm), act.rstd1, dnorm,
                          params_.grad(b.mixer_norm));
     be.axpy(1.0, dnorm, dh);
     act.ffn_cache.reset();
     act.mixer_cache.reset();
   }
-  be.embedding_backward(ids, dh, params_.grad(embed_));
-  return out;
+  s.active = false;
+  if (plan_.first_stage()) {
+    be.embedding_backward(s.ids, dh, params_.grad(embed_), params_.spec(embed_).offset[0]);
+    return Tensor{};
+  }
+  return dh;
+}
+
+// dlogits = (softmax − onehot) · loss_scale / (tokens of the micro-batch) on this vocabulary
+// block; d lm_head += dlogitsᵀ nf; then d(normed h) overwrites s.nf.
+void Model::head_backward(Slot& s, LayerContext& /*ctx*/) {
+  Backend& be = backend_;
+  const DType stat = stat_dtype(dtype_);
+  const std::int64_t N = s.B * s.T;
+  const Tensor w = params_.param(lm_head_);
+  const std::int64_t vocab_start = params_.spec(lm_head_).offset[0];
+  ScratchScope scope(scratch_);
+  Tensor dloss = scratch_.allocate(stat, Shape{N});
+  be.fill(dloss, s.loss_scale / static_cast<double>(s.tokens_global));
+  Tensor dlogits = scratch_.allocate(dtype_, s.logits.shape);  // [N, Vl]
+  be.cross_entropy_backward(s.logits, s.tgt, vocab_start, s.lse, dloss, dlogits);
+  be.gemm(dlogits, true, s.nf, false, params_.grad(lm_head_), 1.0, 1.0);
+  // d(normed h) = dlogits · lm_head, partial over the vocabulary blocks; it replaces nf, which
+  // the final norm's backward no longer needs (it reads h and rstd).
+  be.gemm(dlogits, false, w, false, s.nf, 1.0, 0.0);
+  tp_all_reduce(s.nf);
 }
 
 }  // namespace linmoe

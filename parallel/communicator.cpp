@@ -88,6 +88,23 @@ void Communicator::recv(void* data, std::int64_t count, DType dtype, int peer, i
   do_recv(data, count, dtype, peer, tag);
 }
 
+void Communicator::send_recv(const void* send, std::int64_t send_count, int send_peer, void* recv,
+                             std::int64_t recv_count, int recv_peer, DType dtype, int send_tag,
+                             int recv_tag) {
+  if (send_peer >= 0) check_peer(send_peer, "send_recv");
+  if (recv_peer >= 0) check_peer(recv_peer, "send_recv");
+  LINMOE_CHECK(send_count >= 0 && recv_count >= 0 && (send || send_count == 0) &&
+                   (recv || recv_count == 0) && send_tag >= 0 && send_tag <= kMaxTag &&
+                   recv_tag >= 0 && recv_tag <= kMaxTag,
+               "send_recv on ", name_, ": counts ", send_count, "/", recv_count, ", tags ", send_tag,
+               "/", recv_tag);
+  if (send_peer < 0 && recv_peer < 0) return;
+  if (recv_peer < 0) return do_send(send, send_count, dtype, send_peer, send_tag);
+  if (send_peer < 0) return do_recv(recv, recv_count, dtype, recv_peer, recv_tag);
+  do_send_recv(send, send_count, send_peer, recv, recv_count, recv_peer, dtype, send_tag,
+               recv_tag);
+}
+
 void Communicator::broadcast(void* data, std::int64_t count, DType dtype, int root) {
   check_peer(root, "broadcast");
   LINMOE_CHECK(count >= 0 && (data || count == 0), "broadcast on ", name_, ": count ", count);
@@ -155,12 +172,29 @@ void Communicator::recv(const Tensor& t, int peer, int tag) {
   recv(t.data, t.numel(), t.dtype, peer, tag);
 }
 
+void Communicator::send_recv(const Tensor& send, int send_peer, const Tensor& recv, int recv_peer,
+                             int send_tag, int recv_tag) {
+  const bool s = send.data && send_peer >= 0, r = recv.data && recv_peer >= 0;
+  if (s) check_tensor(send, "send_recv", "send");
+  if (r) check_tensor(recv, "send_recv", "recv");
+  LINMOE_CHECK(!s || !r || send.dtype == recv.dtype, "send_recv on ", name_, ": dtypes ",
+               dtype_name(send.dtype), " and ", dtype_name(recv.dtype), " differ");
+  send_recv(s ? send.data : nullptr, s ? send.numel() : 0, s ? send_peer : -1,
+            r ? recv.data : nullptr, r ? recv.numel() : 0, r ? recv_peer : -1,
+            s ? send.dtype : recv.dtype, send_tag, recv_tag);
+}
+
 void Communicator::broadcast(const Tensor& t, int root) {
   check_tensor(t, "broadcast", "t");
   broadcast(t.data, t.numel(), t.dtype, root);
 }
 
 // ---- host scalars -------------------------------------------------------------------------------
+
+void Communicator::all_reduce_sum(std::vector<double>& v) {
+  if (!v.empty()) do_host_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), DType::f64,
+                                     ReduceOp::sum);
+}
 
 double Communicator::all_reduce_sum(double v) {
   do_host_all_reduce(&v, 1, DType::f64, ReduceOp::sum);

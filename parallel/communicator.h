@@ -59,6 +59,12 @@ class Communicator {
   static constexpr int kMaxTag = 32766;  // MPI guarantees 32767; that one is ours (internal)
   void send(const void* data, std::int64_t count, DType dtype, int peer, int tag = 0);
   void recv(void* data, std::int64_t count, DType dtype, int peer, int tag = 0);
+  // Both at once (MPI_Sendrecv): send[send_count] to send_peer while receiving recv[recv_count]
+  // from recv_peer. Pairs of ranks exchanging in both directions cannot deadlock (the pipeline
+  // schedule's send-forward-receive-backward). A peer of -1 skips that half.
+  void send_recv(const void* send, std::int64_t send_count, int send_peer, void* recv,
+                 std::int64_t recv_count, int recv_peer, DType dtype, int send_tag = 0,
+                 int recv_tag = 0);
   // data[count] of `root` is copied to every rank's data[count].
   void broadcast(void* data, std::int64_t count, DType dtype, int root);
   void barrier();
@@ -77,6 +83,9 @@ class Communicator {
                     const std::vector<std::int64_t>& recv_displs);
   void send(const Tensor& t, int peer, int tag = 0);
   void recv(const Tensor& t, int peer, int tag = 0);
+  // Undefined tensors (or peer -1) skip that half.
+  void send_recv(const Tensor& send, int send_peer, const Tensor& recv, int recv_peer,
+                 int send_tag = 0, int recv_tag = 0);
   void broadcast(const Tensor& t, int root);
 
   // ---- host scalars (trainer bookkeeping: losses, token counts, norms) ----------------------
@@ -88,6 +97,8 @@ class Communicator {
   std::int64_t all_reduce_max_i64(std::int64_t v);
   // v of every rank, indexed by rank.
   std::vector<std::int64_t> all_gather(std::int64_t v);
+  // Element-wise sum over ranks of a small host vector (same length everywhere), in place.
+  void all_reduce_sum(std::vector<double>& v);
 
  protected:
   Communicator(int rank, int size, std::string name);
@@ -104,6 +115,9 @@ class Communicator {
                                DType dtype) = 0;
   virtual void do_send(const void* data, std::int64_t count, DType dtype, int peer, int tag) = 0;
   virtual void do_recv(void* data, std::int64_t count, DType dtype, int peer, int tag) = 0;
+  virtual void do_send_recv(const void* send, std::int64_t send_count, int send_peer, void* recv,
+                            std::int64_t recv_count, int recv_peer, DType dtype, int send_tag,
+                            int recv_tag) = 0;
   virtual void do_broadcast(void* data, std::int64_t count, DType dtype, int root) = 0;
   virtual void do_barrier() = 0;
   // The host-scalar helpers go through these: host buffers of `count` (small) elements.

@@ -256,6 +256,42 @@ void MpiCommunicator::do_send(const void* data, std::int64_t count, DType dtype,
   });
 }
 
+void MpiCommunicator::do_send_recv(const void* send, std::int64_t send_count, int send_peer,
+                                   void* recv, std::int64_t recv_count, int recv_peer, DType dtype,
+                                   int send_tag, int recv_tag) {
+  if (send_count > max_count_ || recv_count > max_count_) {
+    // Beyond one MPI call: chunk by chunk, each receive posted before its send, so the exchange
+    // still cannot deadlock.
+    const std::size_t es = dtype_size(dtype);
+    std::int64_t s_off = 0, r_off = 0;
+    while (s_off < send_count || r_off < recv_count) {
+      const int sn = static_cast<int>(std::min(max_count_, send_count - s_off));
+      const int rn = static_cast<int>(std::min(max_count_, recv_count - r_off));
+      MPI_Request rr = MPI_REQUEST_NULL;
+      if (rn > 0) {
+        LINMOE_MPI_CHECK(MPI_Irecv(static_cast<char*>(recv) + r_off * es, rn, mpi_type(dtype),
+                                   recv_peer, recv_tag, comm_, &rr));
+      }
+      if (sn > 0) {
+        LINMOE_MPI_CHECK(MPI_Send(static_cast<const char*>(send) + s_off * es, sn,
+                                  mpi_type(dtype), send_peer, send_tag, comm_));
+      }
+      if (rn > 0) LINMOE_MPI_CHECK(MPI_Wait(&rr, MPI_STATUS_IGNORE));
+      s_off += sn;
+      r_off += rn;
+    }
+    return;
+  }
+  MPI_Status status;
+  LINMOE_MPI_CHECK(MPI_Sendrecv(send, static_cast<int>(send_count), mpi_type(dtype), send_peer,
+                                send_tag, recv, static_cast<int>(recv_count), mpi_type(dtype),
+                                recv_peer, recv_tag, comm_, &status));
+  int got = 0;
+  LINMOE_MPI_CHECK(MPI_Get_count(&status, mpi_type(dtype), &got));
+  LINMOE_CHECK(got == recv_count, "send_recv on ", name(), " from rank ", recv_peer, " tag ",
+               recv_tag, ": got ", got, " elements, expected ", recv_count);
+}
+
 void MpiCommunicator::do_recv(void* data, std::int64_t count, DType dtype, int peer, int tag) {
   char* bytes = static_cast<char*>(data);
   const std::size_t es = dtype_size(dtype);

@@ -44,6 +44,9 @@ class MpiCommunicator final : public Communicator {
                        const std::int64_t* recv_displs, DType dtype) override;
   void do_send(const void* data, std::int64_t count, DType dtype, int peer, int tag) override;
   void do_recv(void* data, std::int64_t count, DType dtype, int peer, int tag) override;
+  void do_send_recv(const void* send, std::int64_t send_count, int send_peer, void* recv,
+                    std::int64_t recv_count, int recv_peer, DType dtype, int send_tag,
+                    int recv_tag) override;
   void do_broadcast(void* data, std::int64_t count, DType dtype, int root) override;
   void do_barrier() override;
   void do_host_all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) override;

@@ -302,6 +302,16 @@ std::string write_checkpoint(const CheckpointSnapshot& snap, const std::string& 
   record(kOptimizerFile, write_tensors(tmp + "/" + kOptimizerFile, "optimizer", snap.states,
                                        snap.optimizer_state, hook, kOptimizerFile));
   stage(kOptimizerFile);
+  for (const SnapshotPart& part : snap.parts) {
+    char suffix[32];
+    std::snprintf(suffix, sizeof(suffix), "-rank%05d.safetensors", part.rank);
+    const std::string model_file = std::string("model") + suffix;
+    const std::string optimizer_file = std::string("optimizer") + suffix;
+    record(model_file, write_tensors(tmp + "/" + model_file, "model", part.weights, part.params,
+                                     nullptr, model_file));
+    record(optimizer_file, write_tensors(tmp + "/" + optimizer_file, "optimizer", part.states,
+                                         part.optimizer_state, nullptr, optimizer_file));
+  }
 
   Json meta = Json::object();
   meta["format"] = "linmoe-checkpoint";
@@ -460,7 +470,8 @@ std::optional<LoadedCheckpoint> find_checkpoint(const std::string& dir) {
                           first_error.empty() ? "none found" : first_error));
 }
 
-void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Backend& backend) {
+void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Backend& backend,
+                        const std::vector<std::string>* model_names) {
   const auto index = index_pieces(ckpt, "model");
   for (std::size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& spec = params.spec(static_cast<int>(i));
@@ -468,7 +479,10 @@ void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Ba
                    params.param(static_cast<int>(i)));
   }
   for (const auto& [name, pieces] : index) {
-    if (params.find(name) < 0) {
+    const bool known =
+        model_names ? std::find(model_names->begin(), model_names->end(), name) != model_names->end()
+                    : params.find(name) >= 0;
+    if (!known) {
       throw UserError(str_cat("checkpoint ", ckpt.dir, " does not match the model: it has tensor '",
                               name, "' ", shape_text(pieces.front().global_shape),
                               ", which the model does not"));
@@ -492,6 +506,18 @@ void restore_optimizer(const LoadedCheckpoint& ckpt, const ParameterStore& param
     }
   }
   backend.synchronize();
+}
+
+std::vector<float> restore_optimizer_state(const LoadedCheckpoint& ckpt,
+                                           const ParameterStore& params, const std::string& state) {
+  const auto index = index_pieces(ckpt, "optimizer");
+  std::vector<float> flat(static_cast<std::size_t>(params.padded_numel()), 0.0f);
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& spec = params.spec(static_cast<int>(i));
+    const std::vector<float> v = gather_slice(ckpt, index, spec.name + "." + state, spec);
+    std::copy(v.begin(), v.end(), flat.begin() + params.offset_of(static_cast<int>(i)));
+  }
+  return flat;
 }
 
 std::vector<float> assemble_tensor(const LoadedCheckpoint& ckpt, const std::string& name,

@@ -43,6 +43,16 @@ struct SnapshotTensor {
   std::int64_t flat_offset = 0;  // element offset in the snapshot's flat buffer
 };
 
+// The slices another rank owns (several ranks): written as model-rank<R>.safetensors and
+// optimizer-rank<R>.safetensors beside rank 0's model.safetensors / optimizer.safetensors.
+struct SnapshotPart {
+  int rank = 0;
+  std::vector<SnapshotTensor> weights;
+  std::vector<float> params;
+  std::vector<SnapshotTensor> states;
+  std::vector<float> optimizer_state;
+};
+
 // A host copy of everything a checkpoint holds, taken between steps; written in the background
 // while training goes on. Buffers are reused from save to save.
 struct CheckpointSnapshot {
@@ -52,6 +62,7 @@ struct CheckpointSnapshot {
   std::vector<float> params;            // flat, as the parameter store's buffer
   std::vector<SnapshotTensor> states;   // into optimizer_state
   std::vector<float> optimizer_state;   // the optimizer's state tensors, back to back
+  std::vector<SnapshotPart> parts;      // the other ranks' slices (several ranks)
 };
 
 // Allocates (and first-touches) the snapshot's host buffers, so the first save does not pay for
@@ -100,10 +111,18 @@ std::optional<LoadedCheckpoint> find_checkpoint(const std::string& dir);
 // Copies the checkpoint's weights into `params` (this rank's slices, assembled from whatever
 // pieces the checkpoint holds). UserError naming the first tensor whose global shape differs,
 // that is missing, or that the model does not have.
-void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Backend& backend);
+// model_names: every tensor name of the whole model (pipeline stages hold a part of it); null:
+// the names in `params`.
+void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Backend& backend,
+                        const std::vector<std::string>* model_names = nullptr);
 // The same for the optimizer state ("<param>.<state>" per state name).
 void restore_optimizer(const LoadedCheckpoint& ckpt, const ParameterStore& params,
                        Optimizer& optimizer, Backend& backend);
+
+// One optimizer state ("exp_avg", ...) of every parameter in `params`, as the store's flat
+// [padded_numel] host vector (padding 0), assembled from the checkpoint's pieces.
+std::vector<float> restore_optimizer_state(const LoadedCheckpoint& ckpt,
+                                           const ParameterStore& params, const std::string& state);
 
 // Every model tensor of the checkpoint, whole (global shape), in the order of `names`
 // (tests and `linmoe convert`). UserError when a tensor is missing or not fully covered.

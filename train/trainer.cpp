@@ -11,8 +11,11 @@
 #include "kernels/ops.h"
 #include "layers/cost.h"
 #include "layers/model.h"
+#include "parallel/process_groups.h"
 #include "parallel/runtime.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_gather.h"
+#include "train/engine.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -61,26 +64,25 @@ struct Trainer::State {
   Config cfg;
   Runtime& rt;
   std::unique_ptr<Backend> backend;
-  std::unique_ptr<Model> model;
-  std::unique_ptr<Optimizer> optimizer;
+  std::unique_ptr<ProcessGroups> groups;  // several ranks only
+  std::unique_ptr<Engine> engine;
   std::unique_ptr<DataLoader> train_data;
-  std::unique_ptr<MetricsWriter> metrics;
+  std::unique_ptr<MetricsWriter> metrics;  // rank 0
   double flops_per_token = 0;
   bool loaded = false;               // load_checkpoint() ran
   std::int64_t start_step = 0;       // the loaded checkpoint's step
   std::int64_t tokens_at_start = 0;  // and its token count
-  std::unique_ptr<CheckpointWriter> writer;
+  std::unique_ptr<CheckpointWriter> writer;  // rank 0
   State(const Config& c, Runtime& r) : cfg(c), rt(r) {}
+  Communicator* world() { return groups ? &groups->world() : nullptr; }
+  bool root() const { return rt.rank() == 0; }
+  int dp_rank() const { return groups ? groups->coords().dp_rank : 0; }
+  int cp_rank() const { return groups ? groups->coords().cp_rank : 0; }
 };
 
 Trainer::Trainer(const Config& config, Runtime& runtime)
     : s_(std::make_unique<State>(config, runtime)) {
   Config& c = s_->cfg;
-  if (runtime.world_size() > 1) {
-    throw UserError(str_cat("linmoe train on ", runtime.world_size(),
-                            " ranks: the parallel algorithms (data, tensor, context, expert, "
-                            "pipeline) are not implemented yet (docs/STATUS.md); run one rank"));
-  }
   if (c.data.train.empty()) {
     throw UserError("config: data.train = <absent>: training needs at least one dataset");
   }
@@ -92,13 +94,20 @@ Trainer::Trainer(const Config& config, Runtime& runtime)
         "config: train.precision = bf16: the CPU backend trains in fp32 (bf16 needs the CUDA "
         "backend)");
   }
-  log_info("linmoe train: ", c.run.name, " on ", s_->backend->name());
+  const Layout layout = layout_from_config(c.parallel);
+  if (runtime.world_size() > 1) {
+    s_->groups = std::make_unique<ProcessGroups>(runtime.world(), layout);
+  }
+  log_info("linmoe train: ", c.run.name, " on ", s_->backend->name(), ", ", runtime.world_size(),
+           " rank(s): ", layout.str(), ", ZeRO-1 ", c.optimizer.zero ? "on" : "off");
   log_info("resolved config (", c.source_path, "):\n", c.resolved_yaml);
-  s_->model = std::make_unique<Model>(c.model, *s_->backend, DType::f32);
-  s_->model->initialize(c.run.seed);
-  s_->optimizer = std::make_unique<Optimizer>(c.optimizer, *s_->backend, s_->model->params());
-  s_->train_data = std::make_unique<DataLoader>(c, Split::train);
-  s_->metrics = std::make_unique<MetricsWriter>(c.run.output_dir + "/" + c.logging.metrics_file);
+  s_->engine = std::make_unique<Engine>(c, *s_->backend, s_->groups.get());
+  s_->train_data = std::make_unique<DataLoader>(c, Split::train, s_->dp_rank(), layout.dp,
+                                                s_->cp_rank(), layout.cp);
+  if (s_->root()) {
+    s_->metrics =
+        std::make_unique<MetricsWriter>(c.run.output_dir + "/" + c.logging.metrics_file);
+  }
   s_->flops_per_token = total_flops_per_token(c.model, c.train.seq_len);
 }
 
@@ -108,14 +117,10 @@ EvalResult Trainer::evaluate() {
   const Config& c = s_->cfg;
   EvalResult r;
   if (!has_valid_split(c)) return r;
-  DataLoader valid(c, Split::valid);
-  double sum = 0;
-  for (int i = 0; i < c.train.eval_steps; ++i) {
-    Batch b = valid.next_micro_batch();
-    sum += s_->model->forward(b.tokens, b.targets).lm_loss;
-    ++r.batches;
-  }
-  r.loss = sum / r.batches;
+  const Layout layout = layout_from_config(c.parallel);
+  DataLoader valid(c, Split::valid, s_->dp_rank(), layout.dp, s_->cp_rank(), layout.cp);
+  r.batches = c.train.eval_steps;
+  r.loss = s_->engine->evaluate([&] { return valid.next_micro_batch(); }, r.batches);
   r.perplexity = std::exp(r.loss);
   return r;
 }
@@ -138,11 +143,8 @@ std::int64_t Trainer::load_checkpoint(bool with_optimizer) {
     log_info("no checkpoint under ", where, ": starting from the initialisation");
     return 0;
   }
-  restore_parameters(*ckpt, s_->model->params(), *s_->backend);
-  if (with_optimizer) {
-    restore_optimizer(*ckpt, s_->model->params(), *s_->optimizer, *s_->backend);
-    s_->train_data->set_consumed_samples(ckpt->consumed_samples);
-  }
+  restore_engine(*ckpt, *s_->engine, *s_->backend, with_optimizer);
+  if (with_optimizer) s_->train_data->set_consumed_samples(ckpt->consumed_samples);
   s_->start_step = ckpt->step;
   s_->tokens_at_start = ckpt->tokens;
   log_info("loaded checkpoint ", ckpt->dir, ": step ", ckpt->step, ", ", ckpt->consumed_samples,
@@ -157,7 +159,9 @@ double Trainer::save_checkpoint(std::int64_t step, std::int64_t tokens) {
   const Config& c = s_->cfg;
   const auto t0 = Clock::now();
   report_saved();  // waits for the previous save
-  CheckpointSnapshot& snap = s_->writer->begin();
+  // Rank 0 writes what every rank's owned slices add up to (train/checkpoint_gather.h).
+  CheckpointSnapshot others;
+  CheckpointSnapshot& snap = s_->root() ? s_->writer->begin() : others;
   snap.step = step;
   snap.consumed_samples = s_->train_data->consumed_samples();
   snap.tokens = tokens;
@@ -170,10 +174,11 @@ double Trainer::save_checkpoint(std::int64_t step, std::int64_t tokens) {
   layout["context"] = c.parallel.context;
   layout["expert"] = c.parallel.expert;
   layout["data"] = c.parallel.data;
-  layout["zero"] = false;
+  layout["zero"] = c.optimizer.zero;
   layout["files"] =
-      "model.safetensors and optimizer.safetensors hold every tensor as rank 0's "
-      "slice; __metadata__.linmoe_slices gives each slice's global shape and offset";
+      "model*.safetensors and optimizer*.safetensors hold every slice once (rank R's in "
+      "the -rankR files, rank 0's in model.safetensors); __metadata__.linmoe_slices gives "
+      "each slice's global shape and offset";
   meta["layout"] = layout;
   Json sched = Json::object();
   sched["type"] = c.optimizer.schedule.type == ScheduleType::cosine     ? "cosine"
@@ -197,11 +202,12 @@ double Trainer::save_checkpoint(std::int64_t step, std::int64_t tokens) {
   Json opt = Json::object();
   opt["type"] = c.optimizer.type == OptimizerType::adamw ? "adamw" : "sgd";
   Json names = Json::array();
-  for (const std::string& n : s_->optimizer->state_names()) names.push_back(n);
+  for (const std::string& n : s_->engine->optimizer_state_names()) names.push_back(n);
   opt["state"] = names;
   meta["optimizer"] = opt;
   snap.meta = std::move(meta);
-  take_snapshot(s_->model->params(), *s_->optimizer, *s_->backend, snap);
+  gather_snapshot(*s_->engine, *s_->backend, s_->world(), snap);
+  if (!s_->root()) return seconds_since(t0);
   s_->writer->submit();
   const double stall = seconds_since(t0);
   log_info("checkpoint at step ", step, ": training paused ", stall * 1e3,
@@ -212,6 +218,7 @@ double Trainer::save_checkpoint(std::int64_t step, std::int64_t tokens) {
 
 // Logs a finished background save (rethrowing its error).
 void Trainer::report_saved() {
+  if (!s_->writer) return;
   const std::string dir = s_->writer->wait();
   if (!dir.empty()) {
     log_info("checkpoint saved: ", dir, " (written in ", s_->writer->last_write_seconds(), " s)");
@@ -221,14 +228,14 @@ void Trainer::report_saved() {
 int Trainer::train() {
   const Config& c = s_->cfg;
   Backend& be = *s_->backend;
-  Model& model = *s_->model;
-  ParameterStore& params = model.params();
+  Engine& engine = *s_->engine;
   const int M = c.parallel.micro_batches;
   const std::int64_t tokens_per_step = std::int64_t{c.train.global_batch_size} * c.train.seq_len;
   const double peak = be.peak_flops_per_second();
   log_info("training ", c.train.steps, " steps of ", c.train.global_batch_size, " x ",
            c.train.seq_len, " tokens (", M, " micro-batches of ", c.train.micro_batch_size, "); ",
-           si(s_->flops_per_token), "FLOP per token; metrics in ", s_->metrics->path());
+           si(s_->flops_per_token), "FLOP per token; metrics in ",
+           c.run.output_dir + "/" + c.logging.metrics_file);
 
   StopSignals signals;
   const std::int64_t first_step = (s_->loaded ? s_->start_step : load_checkpoint(true)) + 1;
@@ -238,16 +245,11 @@ int Trainer::train() {
              ": nothing to train");
     return 0;
   }
-  s_->writer = std::make_unique<CheckpointWriter>(c.checkpoint.dir, c.checkpoint.keep_last);
-  {
-    const auto t0 = Clock::now();
-    CheckpointSnapshot& snap = s_->writer->begin();
-    prepare_snapshot(s_->model->params(), *s_->optimizer, snap);
-    log_info("checkpoints: every ", c.checkpoint.interval, " steps and at the end to ",
-             c.checkpoint.dir, " (keep_last ", c.checkpoint.keep_last, "); host snapshot buffers ",
-             format_bytes(4.0 * double(snap.params.size() + snap.optimizer_state.size())),
-             " prepared in ", seconds_since(t0), " s");
+  if (s_->root()) {
+    s_->writer = std::make_unique<CheckpointWriter>(c.checkpoint.dir, c.checkpoint.keep_last);
   }
+  log_info("checkpoints: every ", c.checkpoint.interval, " steps and at the end to ",
+           c.checkpoint.dir, " (keep_last ", c.checkpoint.keep_last, ")");
   if (c.checkpoint.save_initial && first_step == 1) save_checkpoint(0, 0);
 
   const auto start = Clock::now();
@@ -255,42 +257,10 @@ int Trainer::train() {
   std::int64_t last_step = first_step - 1;
   for (std::int64_t step = first_step; step <= c.train.steps; ++step) {
     const auto step_start = Clock::now();
-    be.fill(params.flat_grads(), 0.0);
-    MicroBatchLosses sum;
-    for (int j = 0; j < M; ++j) {
-      Batch batch = s_->train_data->next_micro_batch();
-      MicroBatchLosses r = model.forward_backward(batch.tokens, batch.targets, 1.0 / M);
-      sum.loss += r.loss / M;
-      sum.lm_loss += r.lm_loss / M;
-      sum.aux_loss += r.aux_loss / M;
-      sum.z_loss += r.z_loss / M;
-      if (sum.expert_load.empty()) sum.expert_load.resize(r.expert_load.size());
-      for (std::size_t l = 0; l < r.expert_load.size(); ++l) {
-        sum.expert_load[l].resize(r.expert_load[l].size());
-        for (std::size_t e = 0; e < r.expert_load[l].size(); ++e) {
-          sum.expert_load[l][e] += r.expert_load[l][e] / M;
-        }
-      }
-    }
-    const double grad_norm = std::sqrt(be.sum_squares(params.flat_grads()));
-    if (!std::isfinite(sum.loss) || !std::isfinite(grad_norm)) {
-      std::string first = "none";
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        if (!be.all_finite(params.grad(static_cast<int>(i)))) {
-          first = params.spec(static_cast<int>(i)).name;
-          break;
-        }
-      }
-      throw UserError(str_cat("step ", step, ": the loss is ", sum.loss, " and the gradient norm ",
-                              grad_norm, "; first non-finite gradient: ", first,
-                              " (lower optimizer.lr or check the data)"),
-                      true, 3);
-    }
-    if (c.optimizer.grad_clip > 0 && grad_norm > c.optimizer.grad_clip) {
-      be.scale(params.flat_grads(), c.optimizer.grad_clip / (grad_norm + 1e-6));
-    }
     const double lr = learning_rate(c.optimizer, step);
-    s_->optimizer->step(lr, step);
+    const StepResult sum =
+        engine.step([&] { return s_->train_data->next_micro_batch(); }, lr, step);
+    const double grad_norm = sum.grad_norm;
     be.synchronize();
 
     const double step_s = seconds_since(step_start), elapsed = seconds_since(start);
@@ -321,7 +291,7 @@ int Trainer::train() {
       }
       line["expert_load"] = loads;
     }
-    s_->metrics->write(line);
+    if (s_->metrics) s_->metrics->write(line);
     last_loss = sum.loss;
 
     if (step == 1 || step % c.train.log_interval == 0 || step == c.train.steps) {
@@ -351,13 +321,18 @@ int Trainer::train() {
       ev["step"] = step;
       ev["eval_loss"] = e.loss;
       ev["eval_ppl"] = e.perplexity;
-      s_->metrics->write(ev);
+      if (s_->metrics) s_->metrics->write(ev);
     }
     last_step = step;
-    if (s_->writer->finished()) report_saved();
-    const int signal = StopSignals::requested();
-    const bool out_of_time =
+    if (s_->writer && s_->writer->finished()) report_saved();
+    // Every rank must agree to stop at the same step (signals and clocks differ per rank).
+    int signal = StopSignals::requested();
+    bool out_of_time =
         c.checkpoint.exit_after_minutes > 0 && elapsed >= c.checkpoint.exit_after_minutes * 60.0;
+    if (Communicator* world = s_->world()) {
+      signal = static_cast<int>(world->all_reduce_max_i64(signal));
+      out_of_time = world->all_reduce_max_i64(out_of_time ? 1 : 0) != 0;
+    }
     if (signal != 0 || out_of_time) {
       save_checkpoint(step, tokens_base + step * tokens_per_step);
       report_saved();
@@ -377,7 +352,7 @@ int Trainer::train() {
   log_info("done: ", last_step, " steps (", last_step - first_step + 1, " in this run), ",
            si(trained), " tokens in ", format_duration(total), " (", si(trained / total),
            " tok/s); final loss ", last_loss, "; peak activation arenas ",
-           format_bytes(double(model.activation_peak_bytes())));
+           format_bytes(double(engine.model().activation_peak_bytes())));
   return 0;
 }
 

@@ -1,0 +1,146 @@
+#include "train/checkpoint_gather.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+#include "layers/model_spec.h"
+
+namespace linmoe {
+namespace {
+
+using i64 = std::int64_t;
+
+constexpr int kHeaderTag = 101, kIndexTag = 102, kParamsTag = 103, kStateTag = 104;
+
+std::vector<i64> shape_vector(const Shape& s) {
+  return s.to_vector();
+}
+
+Json int_array(const std::vector<i64>& v) {
+  Json a = Json::array();
+  for (i64 x : v) a.push_back(x);
+  return a;
+}
+
+std::vector<i64> ints(const Json& j) {
+  std::vector<i64> v;
+  for (const Json& x : j.as_array()) v.push_back(x.as_int());
+  return v;
+}
+
+// The tensors of one rank, as a JSON index (sent as bytes) and their values.
+Json index_of(const std::vector<SnapshotTensor>& ts) {
+  Json a = Json::array();
+  for (const SnapshotTensor& t : ts) {
+    Json o = Json::object();
+    o["name"] = t.name;
+    o["shape"] = int_array(t.shape);
+    o["global_shape"] = int_array(t.global_shape);
+    o["offset"] = int_array(t.offset);
+    o["flat_offset"] = t.flat_offset;
+    a.push_back(o);
+  }
+  return a;
+}
+
+std::vector<SnapshotTensor> tensors_of(const Json& a) {
+  std::vector<SnapshotTensor> ts;
+  for (const Json& o : a.as_array()) {
+    ts.push_back({o.at("name").as_string(), ints(o.at("shape")), ints(o.at("global_shape")),
+                  ints(o.at("offset")), o.at("flat_offset").as_int()});
+  }
+  return ts;
+}
+
+// This rank's owned slices: weights and, per optimizer state, the same slices of the state.
+SnapshotPart own_part(Engine& engine, Backend& backend,
+                      const std::vector<std::vector<float>>& state) {
+  const ParameterStore& params = engine.model().params();
+  const std::vector<std::string> names = engine.optimizer_state_names();
+  SnapshotPart part;
+  std::vector<float> all(static_cast<std::size_t>(params.padded_numel()));
+  backend.copy(params.flat_params(),
+               Tensor(all.data(), DType::f32, Device::cpu, Shape{params.padded_numel()}));
+  backend.synchronize();
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const int id = static_cast<int>(i);
+    if (!engine.owns(id)) continue;
+    const ParamSpec& s = params.spec(id);
+    const i64 n = s.shape.numel(), at = params.offset_of(id);
+    part.weights.push_back({s.name, shape_vector(s.shape), shape_vector(s.global_shape), s.offset,
+                            static_cast<i64>(part.params.size())});
+    part.params.insert(part.params.end(), all.begin() + at, all.begin() + at + n);
+    for (std::size_t k = 0; k < names.size(); ++k) {
+      part.states.push_back({s.name + "." + names[k], shape_vector(s.shape),
+                             shape_vector(s.global_shape), s.offset,
+                             static_cast<i64>(part.optimizer_state.size())});
+      part.optimizer_state.insert(part.optimizer_state.end(), state[k].begin() + at,
+                                  state[k].begin() + at + n);
+    }
+  }
+  return part;
+}
+
+}  // namespace
+
+void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
+                     CheckpointSnapshot& out) {
+  const std::vector<std::vector<float>> state = engine.gather_optimizer_state();
+  SnapshotPart mine = own_part(engine, backend, state);
+  out.parts.clear();
+  const int rank = world ? world->rank() : 0;
+  if (rank != 0) {
+    const std::string index = dump_json(index_of(mine.weights)) + "\n" +
+                              dump_json(index_of(mine.states));
+    std::vector<i64> header{static_cast<i64>(index.size()), static_cast<i64>(mine.params.size()),
+                            static_cast<i64>(mine.optimizer_state.size())};
+    world->send(header.data(), 3, DType::i64, 0, kHeaderTag);
+    // The index text as bytes in i32 words (the Communicator moves typed elements).
+    std::vector<std::int32_t> words((index.size() + 3) / 4, 0);
+    std::memcpy(words.data(), index.data(), index.size());
+    world->send(words.data(), static_cast<i64>(words.size()), DType::i32, 0, kIndexTag);
+    world->send(mine.params.data(), header[1], DType::f32, 0, kParamsTag);
+    world->send(mine.optimizer_state.data(), header[2], DType::f32, 0, kStateTag);
+    return;
+  }
+  out.weights = std::move(mine.weights);
+  out.params = std::move(mine.params);
+  out.states = std::move(mine.states);
+  out.optimizer_state = std::move(mine.optimizer_state);
+  for (int r = 1; world && r < world->size(); ++r) {
+    std::vector<i64> header(3);
+    world->recv(header.data(), 3, DType::i64, r, kHeaderTag);
+    std::vector<std::int32_t> words(static_cast<std::size_t>((header[0] + 3) / 4));
+    world->recv(words.data(), static_cast<i64>(words.size()), DType::i32, r, kIndexTag);
+    std::string index(static_cast<std::size_t>(header[0]), '\0');
+    std::memcpy(index.data(), words.data(), index.size());
+    SnapshotPart p;
+    p.rank = r;
+    p.params.resize(static_cast<std::size_t>(header[1]));
+    p.optimizer_state.resize(static_cast<std::size_t>(header[2]));
+    world->recv(p.params.data(), header[1], DType::f32, r, kParamsTag);
+    world->recv(p.optimizer_state.data(), header[2], DType::f32, r, kStateTag);
+    const std::size_t cut = index.find('\n');
+    p.weights = tensors_of(parse_json(index.substr(0, cut), "checkpoint index"));
+    p.states = tensors_of(parse_json(index.substr(cut + 1), "checkpoint index"));
+    if (!p.weights.empty()) out.parts.push_back(std::move(p));
+  }
+}
+
+void restore_engine(const LoadedCheckpoint& ckpt, Engine& engine, Backend& backend,
+                    bool with_optimizer) {
+  ParameterStore& params = engine.model().params();
+  std::vector<std::string> names;
+  for (const ModelParam& p : model_parameters(engine.config().model)) names.push_back(p.name);
+  restore_parameters(ckpt, params, backend, &names);
+  if (!with_optimizer) return;
+  std::vector<std::vector<float>> state;
+  for (const std::string& name : engine.optimizer_state_names()) {
+    state.push_back(restore_optimizer_state(ckpt, params, name));
+  }
+  engine.scatter_optimizer_state(state);
+}
+
+}  // namespace linmoe

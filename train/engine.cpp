@@ -1,0 +1,427 @@
+#include "train/engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/check.h"
+#include "core/log.h"
+#include "parallel/process_groups.h"
+
+namespace linmoe {
+
+using i64 = std::int64_t;
+
+namespace {
+
+// Tags of the pipeline's point-to-point messages.
+constexpr int kActivationTag = 1;
+constexpr int kGradientTag = 2;
+
+ShardingPlan plan_for(const Config& cfg, const ProcessGroups* groups) {
+  if (!groups) return make_sharding_plan(cfg, 0, 0, 0);
+  const Coordinates& c = groups->coords();
+  return make_sharding_plan(cfg, c.tp_rank, c.ep_rank, c.pp_rank);
+}
+
+}  // namespace
+
+// A contiguous part of the flat parameter/gradient buffers with one data-parallel reduction
+// group: the dense parameters (dp·cp) or the routed experts (expert-dp).
+struct Engine::Region {
+  std::string name;
+  i64 begin = 0, end = 0;        // flat range in the store
+  Communicator* group = nullptr;  // null or size 1: nothing to reduce
+  bool zero = false;              // reduce-scatter + sharded update + all-gather
+  i64 chunk = 0;                  // ⌈(end − begin) / group size⌉ with ZeRO
+  i64 opt_begin = 0, opt_end = 0;  // what this rank updates: its shard, or the whole region
+  std::unique_ptr<Optimizer> optimizer;
+  Buffer staging;  // [group size · chunk] (ZeRO)
+  Buffer shard;    // [chunk] (ZeRO)
+
+  i64 length() const { return end - begin; }
+  int group_size() const { return group ? group->size() : 1; }
+  int group_rank() const { return group ? group->rank() : 0; }
+};
+
+Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
+    : cfg_(cfg), backend_(backend), groups_(groups) {
+  model_ = std::make_unique<Model>(cfg_.model, backend_, DType::f32, plan_for(cfg_, groups_),
+                                   groups_);
+  model_->initialize(cfg_.run.seed);
+  const ParameterStore& params = model_->params();
+  const std::vector<ShardedParam>& sharded = model_->sharded_params();
+
+  // The dense region ends where the first expert parameter starts (shard_parameters orders them).
+  i64 split = params.padded_numel();
+  for (std::size_t i = 0; i < sharded.size(); ++i) {
+    if (sharded[i].expert) {
+      split = params.offset_of(static_cast<int>(i));
+      break;
+    }
+  }
+  auto add_region = [&](const std::string& name, i64 begin, i64 end, Communicator* group) {
+    if (end <= begin) return;
+    auto r = std::make_unique<Region>();
+    r->name = name;
+    r->begin = begin;
+    r->end = end;
+    r->group = group && group->size() > 1 ? group : nullptr;
+    r->zero = cfg_.optimizer.zero && r->group != nullptr;
+    r->opt_begin = begin;
+    r->opt_end = end;
+    if (r->zero) {
+      const int g = r->group_size();
+      r->chunk = (r->length() + g - 1) / g;
+      r->opt_begin = std::min(end, begin + r->group_rank() * r->chunk);
+      r->opt_end = std::min(end, r->opt_begin + r->chunk);
+      const std::size_t bytes = static_cast<std::size_t>(r->chunk) * sizeof(float);
+      r->staging = Buffer(backend_.allocator(), bytes * static_cast<std::size_t>(g),
+                          "zero staging (" + name + ")");
+      r->shard = Buffer(backend_.allocator(), bytes, "zero shard (" + name + ")");
+    }
+    r->optimizer =
+        std::make_unique<Optimizer>(cfg_.optimizer, backend_, params, r->opt_begin, r->opt_end);
+    regions_.push_back(std::move(r));
+  };
+  add_region("dense", 0, split, groups_ ? &groups_->dp_cp() : nullptr);
+  add_region("expert", split, params.padded_numel(), groups_ ? &groups_->expert_dp() : nullptr);
+
+  // MoE rows of the step's expert-load table: one per layer of the whole model.
+  moe_layer_index_.assign(static_cast<std::size_t>(cfg_.model.num_layers), -1);
+  if (cfg_.model.moe.num_experts > 0) {
+    for (int l = 0; l < cfg_.model.num_layers; ++l) moe_layer_index_[l] = moe_layers_++;
+  }
+  if (groups_ && groups_->layout().pp > 1) {
+    model_->set_slots(std::min(groups_->layout().pp, cfg_.parallel.micro_batches));
+  }
+}
+
+Engine::~Engine() = default;
+
+bool Engine::owns(int i) const {
+  const ShardedParam& p = model_->sharded_params()[static_cast<std::size_t>(i)];
+  if (p.tied_copy) return false;
+  if (!groups_) return true;
+  if (p.tp_replicated && groups_->coords().tp_rank != 0) return false;
+  const Communicator& data = p.expert ? groups_->expert_dp() : groups_->dp_cp();
+  return data.rank() == 0;
+}
+
+void Engine::add_losses(const MicroBatchLosses& l, StepResult& r) {
+  r.lm_loss += l.lm_loss;
+  r.aux_loss += l.aux_loss;
+  r.z_loss += l.z_loss;
+  if (r.expert_load.empty()) {
+    r.expert_load.assign(static_cast<std::size_t>(moe_layers_),
+                         std::vector<double>(static_cast<std::size_t>(cfg_.model.moe.num_experts)));
+  }
+  // This stage's MoE layers are its layers in order.
+  const int first = model_->plan().first_layer();
+  for (std::size_t k = 0; k < l.expert_load.size(); ++k) {
+    const int row = moe_layer_index_[static_cast<std::size_t>(first) + k];
+    std::vector<double>& dst = r.expert_load[static_cast<std::size_t>(row)];
+    for (std::size_t e = 0; e < l.expert_load[k].size() && e < dst.size(); ++e) {
+      dst[e] += l.expert_load[k][e];
+    }
+  }
+}
+
+void Engine::run_micro_batches(const std::function<Batch()>& next, StepResult& r) {
+  const int M = cfg_.parallel.micro_batches;
+  const int dp = groups_ ? groups_->layout().dp : 1;
+  for (int j = 0; j < M; ++j) {
+    Batch b = next();
+    add_losses(model_->forward_backward(b.tokens, b.targets, 1.0 / (M * dp)), r);
+  }
+}
+
+// 1F1B (PipeDream-Flush, Megatron's schedule): stage s runs pp − s − 1 warm-up forwards, then
+// alternates one forward and one backward, then drains the remaining backwards. The combined
+// send-and-receive calls pair up between neighbours, so blocking transfers cannot deadlock.
+void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
+  const int M = cfg_.parallel.micro_batches;
+  const Layout& layout = groups_->layout();
+  const int pp = layout.pp, s = groups_->coords().pp_rank, dp = layout.dp;
+  Communicator& pipe = groups_->pp();
+  const bool first = s == 0, last = s == pp - 1;
+  const int prev = first ? -1 : s - 1, nxt = last ? -1 : s + 1;
+  const int slots = std::min(pp, M);
+  const double scale = 1.0 / (M * dp);
+  const i64 N = i64{cfg_.train.micro_batch_size} * (cfg_.train.seq_len / layout.cp);
+  const Shape hs{N, cfg_.model.hidden_size};
+  Buffer in_buf(backend_.allocator(), static_cast<std::size_t>(hs.numel()) * sizeof(float),
+                "pipeline input");
+  Buffer grad_buf(backend_.allocator(), static_cast<std::size_t>(hs.numel()) * sizeof(float),
+                  "pipeline output gradient");
+  const Tensor h_in = in_buf.view(DType::f32, hs), dh = grad_buf.view(DType::f32, hs);
+
+  int fwd = 0, bwd = 0;
+  auto forward = [&]() -> Tensor {
+    Batch b = next();
+    Model::StageOutput o = model_->stage_forward(fwd % slots, b.tokens, b.targets,
+                                                 first ? Tensor{} : h_in, true, scale);
+    add_losses(o.losses, r);
+    ++fwd;
+    return o.h;
+  };
+  auto backward = [&]() -> Tensor { return model_->stage_backward(bwd++ % slots, dh); };
+
+  const int warmup = std::min(pp - s - 1, M), remaining = M - warmup;
+  for (int i = 0; i < warmup; ++i) {
+    if (!first) pipe.recv(h_in, prev, kActivationTag);
+    const Tensor y = forward();
+    if (!last) pipe.send(y, nxt, kActivationTag);
+  }
+  if (remaining > 0 && !first) pipe.recv(h_in, prev, kActivationTag);
+  for (int i = 0; i < remaining; ++i) {
+    const Tensor y = forward();
+    // send forward, receive the gradient of an earlier micro-batch's output
+    if (!last) pipe.send_recv(y, nxt, dh, nxt, kActivationTag, kGradientTag);
+    const Tensor dx = backward();
+    if (i == remaining - 1) {
+      if (!first) pipe.send(dx, prev, kGradientTag);
+    } else if (!first) {
+      pipe.send_recv(dx, prev, h_in, prev, kGradientTag, kActivationTag);
+    }
+  }
+  for (int i = 0; i < warmup; ++i) {
+    if (!last) pipe.recv(dh, nxt, kGradientTag);
+    const Tensor dx = backward();
+    if (!first) pipe.send(dx, prev, kGradientTag);
+  }
+}
+
+void Engine::reduce_gradients() {
+  if (!groups_) return;
+  ParameterStore& params = model_->params();
+  const std::vector<ShardedParam>& sharded = model_->sharded_params();
+  const Layout& layout = groups_->layout();
+  // Replicated parameters whose gradient each tensor rank holds a part of.
+  if (layout.tp > 1) {
+    for (std::size_t i = 0; i < sharded.size(); ++i) {
+      if (sharded[i].tp_partial_grad) groups_->tp().all_reduce(params.grad(static_cast<int>(i)));
+    }
+  }
+  // A tied embedding's copies on the first and last stage: each adds the other's gradient.
+  if (layout.pp > 1 && cfg_.model.tie_embeddings) {
+    const int s = groups_->coords().pp_rank;
+    if (s == 0 || s == layout.pp - 1) {
+      const int i = params.index("embed.weight");
+      const Tensor g = params.grad(i);
+      Buffer other(backend_.allocator(), g.nbytes(), "tied embedding gradient");
+      const Tensor o = other.view(g.dtype, g.shape);
+      const int peer = s == 0 ? layout.pp - 1 : 0;
+      groups_->pp().send_recv(g, peer, o, peer, 3, 3);
+      backend_.axpy(1.0, o, g);
+    }
+  }
+  const Tensor flat = params.flat_grads();
+  for (auto& r : regions_) {
+    if (!r->group) continue;
+    const Tensor region = flat.slice(0, r->begin, r->length());
+    if (!r->zero) {
+      r->group->all_reduce(region);
+      continue;
+    }
+    // Reduce-scatter through a padded staging copy: rank k receives the sum of block k.
+    const int g = r->group_size();
+    const Tensor staging = r->staging.view(DType::f32, Shape{g * r->chunk});
+    const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
+    backend_.fill(staging.slice(0, r->length(), g * r->chunk - r->length()), 0.0);
+    backend_.copy(region, staging.slice(0, 0, r->length()));
+    r->group->reduce_scatter(staging, shard);
+    const i64 n = r->opt_end - r->opt_begin;
+    if (n > 0) backend_.copy(shard.slice(0, 0, n), flat.slice(0, r->opt_begin, n));
+  }
+}
+
+double Engine::gradient_norm_squared() {
+  const ParameterStore& params = model_->params();
+  const Tensor flat = params.flat_grads();
+  double sum = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const int id = static_cast<int>(i);
+    const ShardedParam& p = model_->sharded_params()[i];
+    if (p.tied_copy) continue;
+    if (groups_ && p.tp_replicated && groups_->coords().tp_rank != 0) continue;
+    const i64 lo0 = params.offset_of(id), hi0 = lo0 + params.spec(id).shape.numel();
+    for (const auto& r : regions_) {
+      if (lo0 < r->begin || lo0 >= r->end) continue;
+      // The reduced gradient lives in the shard (ZeRO) or on every replica (count rank 0's).
+      i64 lo = lo0, hi = hi0;
+      if (r->zero) {
+        lo = std::max(lo, r->opt_begin);
+        hi = std::min(hi, r->opt_end);
+      } else if (r->group_rank() != 0) {
+        hi = lo;
+      }
+      if (lo < hi) sum += backend_.sum_squares(flat.slice(0, lo, hi - lo));
+    }
+  }
+  return groups_ ? groups_->world().all_reduce_sum(sum) : sum;
+}
+
+void Engine::finish_losses(StepResult& r) {
+  const int M = cfg_.parallel.micro_batches;
+  double div = M;
+  if (groups_) {
+    // One contributor per replica and stage: the statistics are equal over tp and cp.
+    const Coordinates& c = groups_->coords();
+    const bool stats_rank = c.tp_rank == 0 && c.cp_rank == 0;
+    const bool loss_rank = stats_rank && model_->plan().last_stage();
+    std::vector<double> v{loss_rank ? r.lm_loss : 0.0, stats_rank ? r.aux_loss : 0.0,
+                          stats_rank ? r.z_loss : 0.0};
+    for (auto& layer : r.expert_load) {
+      for (double x : layer) v.push_back(stats_rank ? x : 0.0);
+    }
+    groups_->world().all_reduce_sum(v);
+    r.lm_loss = v[0];
+    r.aux_loss = v[1];
+    r.z_loss = v[2];
+    std::size_t k = 3;
+    for (auto& layer : r.expert_load) {
+      for (double& x : layer) x = v[k++];
+    }
+    div *= groups_->layout().dp;
+  }
+  r.lm_loss /= div;
+  r.aux_loss /= div;
+  r.z_loss /= div;
+  for (auto& layer : r.expert_load) {
+    for (double& x : layer) x /= div;
+  }
+  r.loss = r.lm_loss + cfg_.model.moe.aux_loss_coeff * r.aux_loss +
+           cfg_.model.moe.z_loss_coeff * r.z_loss;
+}
+
+StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int64_t step) {
+  ParameterStore& params = model_->params();
+  backend_.fill(params.flat_grads(), 0.0);
+  StepResult r;
+  if (groups_ && groups_->layout().pp > 1) {
+    run_pipeline(next, r);
+  } else {
+    run_micro_batches(next, r);
+  }
+  finish_losses(r);
+  reduce_gradients();
+  r.grad_norm = std::sqrt(gradient_norm_squared());
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    std::string first = "none on this rank";
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (!backend_.all_finite(params.grad(static_cast<int>(i)))) {
+        first = params.spec(static_cast<int>(i)).name;
+        break;
+      }
+    }
+    throw UserError(str_cat("step ", step, ": the loss is ", r.loss, " and the gradient norm ",
+                            r.grad_norm, "; first non-finite gradient: ", first,
+                            " (lower optimizer.lr or check the data)"),
+                    true, 3);
+  }
+  const double clip = cfg_.optimizer.grad_clip;
+  const Tensor flat = params.flat_grads();
+  for (auto& reg : regions_) {
+    if (clip > 0 && r.grad_norm > clip && reg->opt_end > reg->opt_begin) {
+      backend_.scale(flat.slice(0, reg->opt_begin, reg->opt_end - reg->opt_begin),
+                     clip / (r.grad_norm + 1e-6));
+    }
+    reg->optimizer->step(lr, step);
+  }
+  // ZeRO: every replica takes the updated shards of the others.
+  const Tensor weights = params.flat_params();
+  for (auto& reg : regions_) {
+    if (!reg->zero) continue;
+    const int g = reg->group_size();
+    const Tensor staging = reg->staging.view(DType::f32, Shape{g * reg->chunk});
+    const Tensor shard = reg->shard.view(DType::f32, Shape{reg->chunk});
+    const i64 n = reg->opt_end - reg->opt_begin;
+    backend_.fill(shard, 0.0);
+    if (n > 0) backend_.copy(weights.slice(0, reg->opt_begin, n), shard.slice(0, 0, n));
+    reg->group->all_gather(shard, staging);
+    backend_.copy(staging.slice(0, 0, reg->length()), weights.slice(0, reg->begin, reg->length()));
+  }
+  return r;
+}
+
+double Engine::evaluate(const std::function<Batch()>& next, int n) {
+  double sum = 0;
+  if (!groups_ || groups_->layout().pp == 1) {
+    for (int i = 0; i < n; ++i) {
+      Batch b = next();
+      sum += model_->forward(b.tokens, b.targets).lm_loss;
+    }
+  } else {
+    // Forward-only pipeline: each stage receives, runs and passes on, micro-batch by micro-batch.
+    const Layout& layout = groups_->layout();
+    const int s = groups_->coords().pp_rank;
+    const bool first = s == 0, last = s == layout.pp - 1;
+    const i64 N = i64{cfg_.train.micro_batch_size} * (cfg_.train.seq_len / layout.cp);
+    Buffer in_buf(backend_.allocator(),
+                  static_cast<std::size_t>(N * cfg_.model.hidden_size) * sizeof(float),
+                  "pipeline input");
+    const Tensor h_in = in_buf.view(DType::f32, Shape{N, cfg_.model.hidden_size});
+    for (int i = 0; i < n; ++i) {
+      Batch b = next();
+      if (!first) groups_->pp().recv(h_in, s - 1, kActivationTag);
+      Model::StageOutput o =
+          model_->stage_forward(0, b.tokens, b.targets, first ? Tensor{} : h_in, false, 1.0);
+      if (!last) groups_->pp().send(o.h, s + 1, kActivationTag);
+      sum += o.losses.lm_loss;
+    }
+  }
+  if (!groups_) return sum / n;
+  const Coordinates& c = groups_->coords();
+  const bool loss_rank = c.tp_rank == 0 && c.cp_rank == 0 && model_->plan().last_stage();
+  return groups_->world().all_reduce_sum(loss_rank ? sum : 0.0) / (n * groups_->layout().dp);
+}
+
+std::vector<std::string> Engine::optimizer_state_names() const {
+  return regions_.empty() ? std::vector<std::string>{} : regions_.front()->optimizer->state_names();
+}
+
+std::vector<std::vector<float>> Engine::gather_optimizer_state() {
+  const ParameterStore& params = model_->params();
+  std::vector<std::vector<float>> out;
+  for (const std::string& name : optimizer_state_names()) {
+    std::vector<float> full(static_cast<std::size_t>(params.padded_numel()), 0.0f);
+    const Tensor host(full.data(), DType::f32, Device::cpu, Shape{params.padded_numel()});
+    for (auto& r : regions_) {
+      const Tensor st = r->optimizer->state(name);  // [opt_end − opt_begin]
+      if (!r->zero) {
+        backend_.copy(st, host.slice(0, r->begin, r->length()));
+        continue;
+      }
+      const int g = r->group_size();
+      const Tensor staging = r->staging.view(DType::f32, Shape{g * r->chunk});
+      const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
+      backend_.fill(shard, 0.0);
+      if (st.numel() > 0) backend_.copy(st, shard.slice(0, 0, st.numel()));
+      r->group->all_gather(shard, staging);
+      backend_.copy(staging.slice(0, 0, r->length()), host.slice(0, r->begin, r->length()));
+    }
+    out.push_back(std::move(full));
+  }
+  backend_.synchronize();
+  return out;
+}
+
+void Engine::scatter_optimizer_state(const std::vector<std::vector<float>>& state) {
+  const std::vector<std::string> names = optimizer_state_names();
+  LINMOE_CHECK(state.size() == names.size(), "optimizer state: ", state.size(), " tensors for ",
+               names.size(), " names");
+  const ParameterStore& params = model_->params();
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    LINMOE_CHECK(static_cast<i64>(state[k].size()) == params.padded_numel(),
+                 "optimizer state size");
+    const Tensor host(const_cast<float*>(state[k].data()), DType::f32, Device::cpu,
+                      Shape{params.padded_numel()});
+    for (auto& r : regions_) {
+      const Tensor st = r->optimizer->state(names[k]);
+      if (st.numel() > 0) backend_.copy(host.slice(0, r->opt_begin, st.numel()), st);
+    }
+  }
+  backend_.synchronize();
+}
+
+}  // namespace linmoe

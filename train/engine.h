@@ -1,0 +1,83 @@
+// One training step of any layout (spec/PARALLEL.md), written once against the Communicator:
+//   micro-batches    one after another (pp = 1) or the 1F1B pipeline schedule (pp > 1: warm-up
+//                    forwards, one-forward-one-backward, cool-down; activations and their
+//                    gradients go point-to-point between neighbouring stages)
+//   gradients        tp-partial replicated parameters summed over tp; a tied embedding's two
+//                    copies (first and last stage) summed; then the data-parallel reduction: the
+//                    dense region over dp·cp, the expert region over expert-dp, each all-reduced
+//                    or (optimizer.zero) reduce-scattered to this rank's 1/n shard
+//   norm and clip    the global L2 norm over every parameter counted once
+//   update           the optimizer on this rank's ranges (the shards with ZeRO), then the
+//                    updated weights all-gathered (ZeRO)
+// Losses and MoE statistics come back as the step's values (mean over micro-batches and
+// data-parallel replicas), identical on every rank.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "data/loader.h"
+#include "kernels/ops.h"
+#include "layers/model.h"
+#include "train/optimizer.h"
+
+namespace linmoe {
+
+class ProcessGroups;
+
+struct StepResult {
+  double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0;
+  double grad_norm = 0;
+  std::vector<std::vector<double>> expert_load;  // [MoE layers of the whole model][E]
+};
+
+class Engine {
+ public:
+  // groups: null on one rank (the layout of cfg.parallel must then be all 1s).
+  Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups);
+  ~Engine();
+
+  Model& model() { return *model_; }
+  const Config& config() const { return cfg_; }
+  // The parameters on one rank: tp = cp = dp = pp = 1.
+  bool single_rank() const { return groups_ == nullptr; }
+
+  // One optimizer step: the step's micro-batches for this rank come from next(); lr is the
+  // scheduled learning rate, step counts from 1. UserError (collective, exit 3) when the loss or
+  // the gradient is not finite.
+  StepResult step(const std::function<Batch()>& next, double lr, std::int64_t step);
+  // Mean lm loss over n micro-batches of every replica (forward only; collective).
+  double evaluate(const std::function<Batch()>& next, int n);
+
+  // The optimizer's state tensors by name ("exp_avg", ...), each as the whole store's flat
+  // [padded_numel] host vector (gathered over the data-parallel shards with ZeRO; collective).
+  std::vector<std::string> optimizer_state_names() const;
+  std::vector<std::vector<float>> gather_optimizer_state();
+  // The reverse: every rank keeps its range of the given whole-store vectors.
+  void scatter_optimizer_state(const std::vector<std::vector<float>>& state);
+  // Whether this rank writes parameter i to checkpoints (and counts it in the gradient norm):
+  // one copy of every slice across the data-parallel and tp replicas.
+  bool owns(int i) const;
+
+ private:
+  struct Region;
+  void run_micro_batches(const std::function<Batch()>& next, StepResult& r);
+  void run_pipeline(const std::function<Batch()>& next, StepResult& r);
+  void add_losses(const MicroBatchLosses& l, StepResult& r);
+  void reduce_gradients();
+  double gradient_norm_squared();
+  void finish_losses(StepResult& r);
+
+  Config cfg_;
+  Backend& backend_;
+  const ProcessGroups* groups_;
+  std::unique_ptr<Model> model_;
+  std::vector<std::unique_ptr<Region>> regions_;  // dense, expert (when present)
+  std::vector<int> moe_layer_index_;              // global layer -> MoE row (-1: none)
+  int moe_layers_ = 0;
+};
+
+}  // namespace linmoe
