@@ -521,13 +521,14 @@ std::vector<float> restore_optimizer_state(const LoadedCheckpoint& ckpt,
 }
 
 std::vector<float> assemble_tensor(const LoadedCheckpoint& ckpt, const std::string& name,
-                                   const std::vector<std::int64_t>& global_shape) {
+                                   const std::vector<std::int64_t>& global_shape,
+                                   const std::string& role) {
   ParamSpec whole;
   whole.name = name;
   whole.shape = Shape(global_shape);
   whole.global_shape = Shape(global_shape);
   whole.offset.assign(global_shape.size(), 0);
-  return gather_slice(ckpt, index_pieces(ckpt, "model"), name, whole);
+  return gather_slice(ckpt, index_pieces(ckpt, role), name, whole);
 }
 
 CheckpointWriter::CheckpointWriter(std::string root, int keep_last)

@@ -126,8 +126,10 @@ std::vector<float> restore_optimizer_state(const LoadedCheckpoint& ckpt,
 
 // Every model tensor of the checkpoint, whole (global shape), in the order of `names`
 // (tests and `linmoe convert`). UserError when a tensor is missing or not fully covered.
+// role "optimizer" for an optimizer state ("<param>.exp_avg").
 std::vector<float> assemble_tensor(const LoadedCheckpoint& ckpt, const std::string& name,
-                                   const std::vector<std::int64_t>& global_shape);
+                                   const std::vector<std::int64_t>& global_shape,
+                                   const std::string& role = "model");
 
 // Saves in a background thread: begin() waits for the previous save and hands out the snapshot
 // to fill; submit() starts writing it. wait() blocks until the running save ends and rethrows
