@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "layers/lasp2.h"
 #include "layers/linear.h"
 #include "layers/lsm_variants.h"
 #include "layers/lsm_wrapper.h"
@@ -61,24 +62,41 @@ class ConstantDecayLsm final : public LsmWrapper {
     fill_log_decay(ctx, c.log_decay);
 
     const Tensor q = feature(ctx, c.q_pre), k = feature(ctx, c.k_pre);  // [B·T, H·Dk]
-    ctx.backend.lsm_scalar_decay_forward(heads4(c, q, dk_), heads4(c, k, dk_), heads4(c, c.v, dv_),
-                                         c.log_decay, scale(), cfg_.chunk_size, c.initial_state,
-                                         heads4(c, c.o_core, dv_), Tensor{});
+    auto core = [&](const Tensor& initial_state, const Tensor& final_state) {
+      ctx.backend.lsm_scalar_decay_forward(
+          heads4(c, q, dk_), heads4(c, k, dk_), heads4(c, c.v, dv_), c.log_decay, scale(),
+          cfg_.chunk_size, initial_state, heads4(c, c.o_core, dv_), final_state);
+    };
+    if (lasp2::enabled(ctx)) {
+      // P_r = exp(Σ_t log A_h) per (b, h); nothing for linear_attention.
+      const lasp2::StateDims d = dims(c);
+      if (d.kind != lasp2::Transition::identity) {
+        c.transition = ctx.saved.allocate(stat_dtype(ctx.dtype), d.transition_shape());
+        lasp2::decay_transition(ctx, c.log_decay, c.transition);
+      }
+      c.initial_state = lasp2::incoming_state(ctx, d, c.transition, core);
+    }
+    core(c.initial_state, Tensor{});
   }
 
   void mix_backward(LayerContext& ctx, WrapperCache& wc, const Tensor& d_core,
                     const Tensor& dx) override {
     auto& c = static_cast<ConstantDecayCache&>(wc);
     const i64 N = c.B * c.T, H = heads_;
-    // The decays are constants, so their gradient is not asked for; the initial-state gradient
-    // is what context parallelism will send to the previous rank.
+    // The decays are constants, so their gradient is not asked for.
     const Tensor q = feature(ctx, c.q_pre), k = feature(ctx, c.k_pre);  // [B·T, H·Dk]
     const Tensor dq = ctx.temp({N, H * dk_}), dk = ctx.temp({N, H * dk_});
     const Tensor dv = ctx.temp({N, H * dv_});
-    ctx.backend.lsm_scalar_decay_backward(
-        heads4(c, q, dk_), heads4(c, k, dk_), heads4(c, c.v, dv_), c.log_decay, scale(),
-        cfg_.chunk_size, c.initial_state, heads4(c, d_core, dv_), Tensor{}, heads4(c, dq, dk_),
-        heads4(c, dk, dk_), heads4(c, dv, dv_), Tensor{}, Tensor{});
+    auto core = [&](const Tensor& d_final_state, const Tensor& d_initial_state) {
+      ctx.backend.lsm_scalar_decay_backward(
+          heads4(c, q, dk_), heads4(c, k, dk_), heads4(c, c.v, dv_), c.log_decay, scale(),
+          cfg_.chunk_size, c.initial_state, heads4(c, d_core, dv_), d_final_state,
+          heads4(c, dq, dk_), heads4(c, dk, dk_), heads4(c, dv, dv_), Tensor{}, d_initial_state);
+    };
+    const Tensor d_final = lasp2::enabled(ctx)
+                               ? lasp2::outgoing_state_gradient(ctx, dims(c), c.transition, core)
+                               : Tensor{};
+    core(d_final, Tensor{});
 
     // q = φ(x Wqᵀ), k = φ(x Wkᵀ), v = x Wvᵀ.
     linear_backward(ctx, c.x, ctx.param(wq_), feature_backward(ctx, c.q_pre, dq), dx, true,
@@ -86,6 +104,10 @@ class ConstantDecayLsm final : public LsmWrapper {
     linear_backward(ctx, c.x, ctx.param(wk_), feature_backward(ctx, c.k_pre, dk), dx, true,
                     ctx.grad(wk_), Tensor{});
     linear_backward(ctx, c.x, ctx.param(wv_), dv, dx, true, ctx.grad(wv_), Tensor{});
+  }
+
+  lasp2::StateDims dims(const WrapperCache& c) const {
+    return state_dims(c, zero_decay_ ? lasp2::Transition::identity : lasp2::Transition::scalar);
   }
 
   // log_decay[b, t, h] = log A_h (MODEL.md 3): ones[B·T, 1] · logA[1, H], as a GEMM so it runs

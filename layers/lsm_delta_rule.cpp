@@ -8,15 +8,17 @@
 // The wrapper (layers/lsm_wrapper.h) adds the output norm, gate and projection.
 //
 // Per-head quantities (β, α, A) are [B·T, H]; A reaches every token through a ones[B·T, 1] GEMM
-// so the layer never branches on the device. The conv halo (the previous context-parallel
-// rank's last K−1 projection rows, columns [q | k | v]) and the core's initial state are the
-// context-parallel hooks; on one rank both are undefined (zeros).
+// so the layer never branches on the device. Context parallelism (LASP-2, layers/lasp2.h): the
+// convs take the previous rank's last K−1 projection rows (halos) and the core the incoming
+// state S_in, composed from every earlier piece's (M, P) with P = Π α_t (I − β_t k_t k_tᵀ); on
+// one rank both are undefined (zeros).
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "core/check.h"
+#include "layers/lasp2.h"
 #include "layers/linear.h"
 #include "layers/lsm_wrapper.h"
 
@@ -28,7 +30,8 @@ constexpr double kL2NormEps = 1e-6;  // MODEL.md 3: L2norm(u) = u/sqrt(Σu² + 1
 struct DeltaRuleCache : WrapperCache {
   Tensor q_in, k_in, v_in;  // [B·T, H·Dk], [B·T, H·Dk], [B·T, H·Dv] projections (conv inputs)
   Tensor q_c, k_c, v_c;     // the conv outputs (the projections themselves without a conv)
-  Tensor halo;              // [B, K−1, H·(2Dk + Dv)] previous inputs [q | k | v], or undefined
+  Tensor halo[3];           // [B, K−1, C] of q_in, k_in, v_in: the previous rank's last K−1
+                            // rows (context parallelism), or undefined (zeros)
   Tensor b_pre;             // [B·T, H] x Wbᵀ
   Tensor a_pre;             // [B·T, H] gated: x Waᵀ + dt_bias
 };
@@ -44,9 +47,6 @@ struct CoreInputs {
   Tensor a_row, a_rows;  // [1, H] and [B·T, H] gated: A = −exp(A_log)
   Tensor log_decay;      // [B·T, H] gated: A ⊙ softplus(a_pre); undefined for deltanet
 };
-
-// Which projection: the column blocks [q | k | v] of the halo.
-enum class Proj { q, k, v };
 
 class DeltaRuleLsm final : public LsmWrapper {
  public:
@@ -84,17 +84,21 @@ class DeltaRuleLsm final : public LsmWrapper {
     linear_forward(ctx, c.x, ctx.param(wq_), Tensor{}, c.q_in);
     linear_forward(ctx, c.x, ctx.param(wk_), Tensor{}, c.k_in);
     linear_forward(ctx, c.x, ctx.param(wv_), Tensor{}, c.v_in);
-    c.halo = Tensor{};  // context parallelism: the previous rank's last K−1 projection rows
     c.q_c = c.q_in;
     c.k_c = c.k_in;
     c.v_c = c.v_in;
     if (K_ > 0) {
+      if (lasp2::enabled(ctx)) {
+        for (int p = 0; p < 3; ++p) c.halo[p] = ctx.save({c.B, K_ - 1, proj_in(c, p).size(1)});
+        lasp2::exchange_halo(ctx, c.B, c.T, K_, {c.q_in, c.k_in, c.v_in},
+                             {c.halo[0], c.halo[1], c.halo[2]});
+      }
       c.q_c = ctx.save(c.q_in.shape);
       c.k_c = ctx.save(c.k_in.shape);
       c.v_c = ctx.save(c.v_in.shape);
-      conv_forward(ctx, c, Proj::q, c.q_in, c.q_c);
-      conv_forward(ctx, c, Proj::k, c.k_in, c.k_c);
-      conv_forward(ctx, c, Proj::v, c.v_in, c.v_c);
+      conv_forward(ctx, c, 0, c.q_c);
+      conv_forward(ctx, c, 1, c.k_c);
+      conv_forward(ctx, c, 2, c.v_c);
     }
     c.b_pre = ctx.save({N, H});  // [B·T, H]
     linear_forward(ctx, c.x, ctx.param(wb_), Tensor{}, c.b_pre);
@@ -104,10 +108,19 @@ class DeltaRuleLsm final : public LsmWrapper {
     }
 
     const CoreInputs in = core_inputs(ctx, c);
-    ctx.backend.lsm_delta_rule_forward(heads4(c, in.q, dk_), heads4(c, in.k, dk_),
-                                       heads4(c, in.v, dv_), per_head(c, in.beta),
-                                       per_head(c, in.log_decay), scale(), cfg_.chunk_size,
-                                       c.initial_state, heads4(c, c.o_core, dv_), Tensor{});
+    auto core = [&](const Tensor& initial_state, const Tensor& final_state) {
+      ctx.backend.lsm_delta_rule_forward(heads4(c, in.q, dk_), heads4(c, in.k, dk_),
+                                         heads4(c, in.v, dv_), per_head(c, in.beta),
+                                         per_head(c, in.log_decay), scale(), cfg_.chunk_size,
+                                         initial_state, heads4(c, c.o_core, dv_), final_state);
+    };
+    if (lasp2::enabled(ctx)) {
+      const lasp2::StateDims d = state_dims(c, lasp2::Transition::matrix);
+      c.transition = ctx.saved.allocate(stat_dtype(ctx.dtype), d.transition_shape());
+      fill_transition(ctx, c, in);
+      c.initial_state = lasp2::incoming_state(ctx, d, c.transition, core);
+    }
+    core(c.initial_state, Tensor{});
   }
 
   void mix_backward(LayerContext& ctx, WrapperCache& wc, const Tensor& d_core,
@@ -119,12 +132,19 @@ class DeltaRuleLsm final : public LsmWrapper {
     const Tensor dq = ctx.temp({N, H * dk_}), dk = ctx.temp({N, H * dk_});
     const Tensor dv = ctx.temp({N, H * dv_}), d_beta = ctx.temp({N, H});
     const Tensor d_ld = gated_ ? ctx.temp({N, H}) : Tensor{};
-    // The initial-state gradient is what context parallelism will send to the previous rank.
-    be.lsm_delta_rule_backward(heads4(c, in.q, dk_), heads4(c, in.k, dk_), heads4(c, in.v, dv_),
-                               per_head(c, in.beta), per_head(c, in.log_decay), scale(),
-                               cfg_.chunk_size, c.initial_state, heads4(c, d_core, dv_), Tensor{},
-                               heads4(c, dq, dk_), heads4(c, dk, dk_), heads4(c, dv, dv_),
-                               per_head(c, d_beta), per_head(c, d_ld), Tensor{});
+    auto core = [&](const Tensor& d_final_state, const Tensor& d_initial_state) {
+      be.lsm_delta_rule_backward(
+          heads4(c, in.q, dk_), heads4(c, in.k, dk_), heads4(c, in.v, dv_), per_head(c, in.beta),
+          per_head(c, in.log_decay), scale(), cfg_.chunk_size, c.initial_state,
+          heads4(c, d_core, dv_), d_final_state, heads4(c, dq, dk_), heads4(c, dk, dk_),
+          heads4(c, dv, dv_), per_head(c, d_beta), per_head(c, d_ld), d_initial_state);
+    };
+    const bool cp = lasp2::enabled(ctx);
+    const Tensor d_final =
+        cp ? lasp2::outgoing_state_gradient(ctx, state_dims(c, lasp2::Transition::matrix),
+                                            c.transition, core)
+           : Tensor{};
+    core(d_final, Tensor{});
 
     // q, k = L2norm(φ(conv(x Wᵀ))); v = silu(conv(x Wvᵀ)).
     const Tensor d_qf = ctx.temp({N, H * dk_}), d_kf = ctx.temp({N, H * dk_});
@@ -132,9 +152,25 @@ class DeltaRuleLsm final : public LsmWrapper {
                         d_qf.reshape({N * H, dk_}));
     be.l2_norm_backward(in.k_f.reshape({N * H, dk_}), in.inv_k, dk.reshape({N * H, dk_}),
                         d_kf.reshape({N * H, dk_}));
-    projection_backward(ctx, c, Proj::q, feature_backward(ctx, c.q_c, d_qf), dx);
-    projection_backward(ctx, c, Proj::k, feature_backward(ctx, c.k_c, d_kf), dx);
-    projection_backward(ctx, c, Proj::v, activate_backward(ctx, Activation::silu, c.v_c, dv), dx);
+    // d_in[p] = ∂L/∂(projection p), through its conv; under context parallelism the next
+    // rank's halo gradient is added to its last K−1 rows before the projection's backward.
+    Tensor d_in[3] = {feature_backward(ctx, c.q_c, d_qf), feature_backward(ctx, c.k_c, d_kf),
+                      activate_backward(ctx, Activation::silu, c.v_c, dv)};
+    if (K_ > 0) {
+      Tensor d_halo[3];
+      for (int p = 0; p < 3; ++p) {
+        if (cp) d_halo[p] = ctx.temp(c.halo[p].shape);  // [B, K−1, C]
+        d_in[p] = conv_backward(ctx, c, p, d_in[p], d_halo[p]);
+      }
+      if (cp) {
+        lasp2::return_halo_gradient(ctx, c.B, c.T, K_, {d_halo[0], d_halo[1], d_halo[2]},
+                                    {d_in[0], d_in[1], d_in[2]});
+      }
+    }
+    const int w[3] = {wq_, wk_, wv_};
+    for (int p = 0; p < 3; ++p) {
+      linear_backward(ctx, c.x, ctx.param(w[p]), d_in[p], dx, true, ctx.grad(w[p]), Tensor{});
+    }
 
     // β = sigmoid(x Wbᵀ).
     const Tensor d_b = ctx.temp({N, H});
@@ -163,38 +199,44 @@ class DeltaRuleLsm final : public LsmWrapper {
     return t.data ? t.reshape({c.B, c.T, t.size(1)}) : Tensor{};
   }
 
-  // Channel range of one projection in the fused [q | k | v] halo columns, and its conv weight.
-  i64 columns_start(Proj p) const {
-    return p == Proj::q ? 0 : p == Proj::k ? dk_ * heads_ : 2 * dk_ * heads_;
+  // The conv input (projection) p = 0, 1, 2: q_in, k_in, v_in [B·T, C].
+  static const Tensor& proj_in(const DeltaRuleCache& c, int p) {
+    return p == 0 ? c.q_in : p == 1 ? c.k_in : c.v_in;
   }
-  int conv_param(Proj p) const { return wconv_[static_cast<int>(p)]; }
 
-  void conv_forward(LayerContext& ctx, const DeltaRuleCache& c, Proj p, const Tensor& in,
-                    const Tensor& out) const {
+  void conv_forward(LayerContext& ctx, const DeltaRuleCache& c, int p, const Tensor& out) const {
+    const Tensor& in = proj_in(c, p);
     const i64 C = in.size(1);
-    const Tensor halo = c.halo.data ? c.halo.slice(2, columns_start(p), C) : Tensor{};
     ctx.backend.causal_conv1d_forward(in.reshape({c.B, c.T, C}),
-                                      ctx.param(conv_param(p)).reshape({C, K_}), Tensor{}, halo,
+                                      ctx.param(wconv_[p]).reshape({C, K_}), Tensor{}, c.halo[p],
                                       out.reshape({c.B, c.T, C}));
   }
 
-  // d_c = ∂L/∂(conv output) [B·T, C]: through the conv (when there is one) and the projection.
-  void projection_backward(LayerContext& ctx, const DeltaRuleCache& c, Proj p, const Tensor& d_c,
-                           const Tensor& dx) const {
-    const i64 N = c.B * c.T, C = d_c.size(1);
-    const Tensor& in = p == Proj::q ? c.q_in : p == Proj::k ? c.k_in : c.v_in;
-    const int w = p == Proj::q ? wq_ : p == Proj::k ? wk_ : wv_;
-    Tensor d_in = d_c;
-    if (K_ > 0) {
-      d_in = ctx.temp({N, C});
-      const Tensor halo = c.halo.data ? c.halo.slice(2, columns_start(p), C) : Tensor{};
-      // The halo's gradient (d_halo) is what context parallelism will send back.
-      ctx.backend.causal_conv1d_backward(
-          in.reshape({c.B, c.T, C}), ctx.param(conv_param(p)).reshape({C, K_}), halo,
-          d_c.reshape({c.B, c.T, C}), d_in.reshape({c.B, c.T, C}),
-          ctx.grad(conv_param(p)).reshape({C, K_}), Tensor{}, Tensor{});
-    }
-    linear_backward(ctx, c.x, ctx.param(w), d_in, dx, true, ctx.grad(w), Tensor{});
+  // d_c = ∂L/∂(conv p output) [B·T, C] -> ∂L/∂(its input) in scratch; the conv weight's gradient
+  // +=; d_halo [B, K−1, C] (context parallelism) gets the halo's gradient when defined.
+  Tensor conv_backward(LayerContext& ctx, const DeltaRuleCache& c, int p, const Tensor& d_c,
+                       const Tensor& d_halo) const {
+    const Tensor& in = proj_in(c, p);
+    const i64 N = c.B * c.T, C = in.size(1);
+    const Tensor d_in = ctx.temp({N, C});
+    ctx.backend.causal_conv1d_backward(in.reshape({c.B, c.T, C}),
+                                       ctx.param(wconv_[p]).reshape({C, K_}), c.halo[p],
+                                       d_c.reshape({c.B, c.T, C}), d_in.reshape({c.B, c.T, C}),
+                                       ctx.grad(wconv_[p]).reshape({C, K_}), Tensor{}, d_halo);
+    return d_in;
+  }
+
+  // P_r = Π_t α_t (I − β_t k_t k_tᵀ) (later tokens on the left) into c.transition: the core's
+  // final state from S_0 = I with v = 0 (width Dk; its outputs are discarded).
+  void fill_transition(LayerContext& ctx, const DeltaRuleCache& c, const CoreInputs& in) const {
+    ScratchScope scope(ctx.scratch);
+    const i64 N = c.B * c.T, H = heads_;
+    const Tensor zero_v = ctx.temp({N, H * dk_}), o = ctx.temp({N, H * dk_});  // [B·T, H·Dk]
+    ctx.backend.fill(zero_v, 0.0);
+    const Tensor eye = lasp2::identity_states(ctx, c.B, H, dk_);  // [B, H, Dk, Dk]
+    ctx.backend.lsm_delta_rule_forward(
+        heads4(c, in.q, dk_), heads4(c, in.k, dk_), heads4(c, zero_v, dk_), per_head(c, in.beta),
+        per_head(c, in.log_decay), scale(), cfg_.chunk_size, eye, heads4(c, o, dk_), c.transition);
   }
 
   // Everything between the saved projections and the core's inputs (MODEL.md 3), in scratch.

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "core/check.h"
+#include "layers/lasp2.h"
 #include "layers/linear.h"
 #include "layers/lsm_wrapper.h"
 
@@ -76,10 +77,20 @@ class VectorDecayLsm final : public LsmWrapper {
       linear_forward(ctx, c.gk_low, ctx.param(w_gk1_), ctx.param(b_gk1_), c.gk_pre);
     }
     const CoreInputs in = core_inputs(ctx, c);
-    ctx.backend.lsm_vector_decay_forward(heads4(c, in.q, dk_), heads4(c, in.k, dk_),
-                                         heads4(c, c.v, dv_), heads4(c, in.log_decay, dk_), scale(),
-                                         cfg_.chunk_size, c.initial_state, heads4(c, c.o_core, dv_),
-                                         Tensor{});
+    auto core = [&](const Tensor& initial_state, const Tensor& final_state) {
+      ctx.backend.lsm_vector_decay_forward(heads4(c, in.q, dk_), heads4(c, in.k, dk_),
+                                           heads4(c, c.v, dv_), heads4(c, in.log_decay, dk_),
+                                           scale(), cfg_.chunk_size, initial_state,
+                                           heads4(c, c.o_core, dv_), final_state);
+    };
+    if (lasp2::enabled(ctx)) {
+      // P_r = exp(Σ_t log α_t) per (b, h), a Dk-vector.
+      const lasp2::StateDims d = state_dims(c, lasp2::Transition::vector);
+      c.transition = ctx.saved.allocate(stat_dtype(ctx.dtype), d.transition_shape());
+      lasp2::decay_transition(ctx, in.log_decay.reshape({c.B, c.T, heads_ * dk_}), c.transition);
+      c.initial_state = lasp2::incoming_state(ctx, d, c.transition, core);
+    }
+    core(c.initial_state, Tensor{});
   }
 
   void mix_backward(LayerContext& ctx, WrapperCache& wc, const Tensor& d_core,
@@ -90,12 +101,18 @@ class VectorDecayLsm final : public LsmWrapper {
     const CoreInputs in = core_inputs(ctx, c);
     const Tensor dq = ctx.temp({N, H * dk_}), dk = ctx.temp({N, H * dk_});
     const Tensor dv = ctx.temp({N, H * dv_}), d_ld = ctx.temp({N, H * dk_});
-    // The initial-state gradient is what context parallelism will send to the previous rank.
-    be.lsm_vector_decay_backward(heads4(c, in.q, dk_), heads4(c, in.k, dk_), heads4(c, c.v, dv_),
-                                 heads4(c, in.log_decay, dk_), scale(), cfg_.chunk_size,
-                                 c.initial_state, heads4(c, d_core, dv_), Tensor{},
-                                 heads4(c, dq, dk_), heads4(c, dk, dk_), heads4(c, dv, dv_),
-                                 heads4(c, d_ld, dk_), Tensor{});
+    auto core = [&](const Tensor& d_final_state, const Tensor& d_initial_state) {
+      be.lsm_vector_decay_backward(heads4(c, in.q, dk_), heads4(c, in.k, dk_), heads4(c, c.v, dv_),
+                                   heads4(c, in.log_decay, dk_), scale(), cfg_.chunk_size,
+                                   c.initial_state, heads4(c, d_core, dv_), d_final_state,
+                                   heads4(c, dq, dk_), heads4(c, dk, dk_), heads4(c, dv, dv_),
+                                   heads4(c, d_ld, dk_), d_initial_state);
+    };
+    const Tensor d_final =
+        lasp2::enabled(ctx) ? lasp2::outgoing_state_gradient(
+                                  ctx, state_dims(c, lasp2::Transition::vector), c.transition, core)
+                            : Tensor{};
+    core(d_final, Tensor{});
 
     // q = φ(x Wqᵀ), v = x Wvᵀ.
     linear_backward(ctx, c.x, ctx.param(wq_), feature_backward(ctx, c.q_pre, dq), dx, true,

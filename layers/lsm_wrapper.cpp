@@ -83,7 +83,7 @@ std::unique_ptr<Sublayer::Cache> LsmWrapper::forward(LayerContext& ctx, const Te
   c->T = T;
   c->x = ctx.save(x.shape);  // [B, T, D]
   ctx.backend.copy(x, c->x);
-  c->initial_state = Tensor{};  // context parallelism: the state from the previous rank
+  c->initial_state = Tensor{};  // set by mix_forward under context parallelism (S_in)
 
   ScratchScope scope(ctx.scratch);
   c->o_core = ctx.save({N, H * dv_});  // [B·T, H·Dv]

@@ -12,12 +12,14 @@
 // this rank's slice of q_proj: tensor-parallel head splits only change the slices in the store
 // (every per-head parameter is checked against the local H). The core takes an initial state
 // (WrapperCache::initial_state) and the delta-rule convolutions a halo: that is where context
-// parallelism (PARALLEL.md) plugs in; on one rank both are undefined (zeros).
+// parallelism (PARALLEL.md, LASP-2: layers/lasp2.h) plugs in; on one rank both are undefined
+// (zeros).
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "layers/lasp2.h"
 #include "layers/layer.h"
 
 namespace linmoe::lsm {
@@ -29,6 +31,7 @@ struct WrapperCache : Sublayer::Cache {
   i64 B = 0, T = 0;
   Tensor x;              // [B, T, D] the mixer input (copied: the caller's buffer may be reused)
   Tensor initial_state;  // [B, H, Dk, Dv] stat dtype, or undefined (zeros): context parallelism
+  Tensor transition;     // P_r of this piece (lasp2::StateDims), stat; undefined without cp
   Tensor o_core;         // [B·T, H·Dv] core output, before the norm
   Tensor rstd;           // [B·T·H] stat, when output_norm
   Tensor g_pre;          // [B·T, H·Dv] gate projection before silu, when output_gate
@@ -46,15 +49,23 @@ class LsmWrapper : public Sublayer {
 
   // A fresh cache of the family's type.
   virtual std::unique_ptr<WrapperCache> make_cache() const = 0;
-  // From c.x (saved) to c.o_core [B·T, H·Dv] (allocated by the wrapper), from c.initial_state;
-  // saves in ctx.saved what mix_backward needs. Temporaries in scratch (the caller's scope).
+  // From c.x (saved) to c.o_core [B·T, H·Dv] (allocated by the wrapper); under context
+  // parallelism (lasp2::enabled) it also sets c.transition and c.initial_state = S_in and runs
+  // the core from it. Saves in ctx.saved what mix_backward needs. Temporaries in scratch (the
+  // caller's scope).
   virtual void mix_forward(LayerContext& ctx, WrapperCache& c) = 0;
-  // d_core = ∂L/∂o_core [B·T, H·Dv]: dx += ∂L/∂x, parameter gradients +=.
+  // d_core = ∂L/∂o_core [B·T, H·Dv]: dx += ∂L/∂x, parameter gradients +=. Under context
+  // parallelism the core backward also gets ∂L/∂S_out from the later pieces (lasp2).
   virtual void mix_backward(LayerContext& ctx, WrapperCache& c, const Tensor& d_core,
                             const Tensor& dx) = 0;
 
   // The index of parameter prefix_ + name, checked to have this rank's `shape`.
   int param_index(const ParameterStore& params, const std::string& name, const Shape& shape) const;
+
+  // The core's state geometry for LASP-2 (layers/lasp2.h).
+  lasp2::StateDims state_dims(const WrapperCache& c, lasp2::Transition kind) const {
+    return lasp2::StateDims{c.B, heads_, dk_, dv_, kind};
+  }
 
   // scale = 1/√d_k (MODEL.md 3: every wrapper variant).
   double scale() const;

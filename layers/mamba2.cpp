@@ -12,9 +12,10 @@
 // head h) and per-channel ones reach every token through ones[B·T, 1] GEMMs: everything is an op
 // of the Backend, so the layer never branches on the device.
 //
-// The conv halo and the core's initial state are the context-parallel hooks (PARALLEL.md): the
-// previous rank's last K−1 conv inputs and the state it hands over. On one rank both are
-// undefined (zeros).
+// Context parallelism (PARALLEL.md, LASP-2: layers/lasp2.h): the conv takes the previous rank's
+// last K−1 conv inputs (halos, their gradient goes back) and the core the incoming state S_in
+// composed from every earlier piece's (M, P), P = exp(Σ_t dt_t A_h) per (b, h). On one rank both
+// are undefined (zeros).
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "layers/lasp2.h"
 #include "layers/linear.h"
 #include "layers/sublayers.h"
 
@@ -34,13 +36,15 @@ constexpr double kGatedNormEps = 1e-5;  // MODEL.md 3: the gated RMSNorm's eps
 
 struct Mamba2Cache : Sublayer::Cache {
   i64 B = 0, T = 0;
-  Tensor x;              // [B, T, D] the mixer input (copied: the caller's buffer may be reused)
-  Tensor z;              // [B·T, d_inner] gate pre-activation
-  Tensor xs_in, bc_in;   // [B·T, d_inner], [B·T, 2GN] conv inputs (in_proj outputs)
-  Tensor xs_c, bc_c;     // conv outputs before silu (the inputs themselves without a conv)
-  Tensor dt_raw;         // [B·T, H] dt + dt_bias, before softplus
-  Tensor halo;           // [B, K−1, d_inner + 2GN] previous inputs, or undefined (zeros)
+  Tensor x;             // [B, T, D] the mixer input (copied: the caller's buffer may be reused)
+  Tensor z;             // [B·T, d_inner] gate pre-activation
+  Tensor xs_in, bc_in;  // [B·T, d_inner], [B·T, 2GN] conv inputs (in_proj outputs)
+  Tensor xs_c, bc_c;    // conv outputs before silu (the inputs themselves without a conv)
+  Tensor dt_raw;        // [B·T, H] dt + dt_bias, before softplus
+  Tensor halo[2];       // [B, K−1, d_inner], [B, K−1, 2GN]: the previous rank's last K−1 rows
+                        // of xs_in, bc_in (context parallelism), or undefined (zeros)
   Tensor initial_state;  // [B, H, N, P] stat dtype, or undefined (zeros)
+  Tensor transition;     // [B, H] stat, P_r of this piece (context parallelism)
   Tensor y;              // [B·T, d_inner] core + D·xs, before the gate
   Tensor rstd;           // [B·T·G] stat, the gated norm's
 };
@@ -130,25 +134,37 @@ class Mamba2 final : public Sublayer {
     linear_forward(ctx, c->x, in_rows(ctx.param(w_in_), Piece::dt), ctx.param(dt_bias_), c->dt_raw);
 
     // Causal conv over time per channel (MODEL.md 3), before the silu.
-    c->halo = Tensor{};  // context parallelism: the previous rank's last K−1 xBC rows
     c->xs_c = c->xs_in;
     c->bc_c = c->bc_in;
     if (K_ > 0) {
+      if (lasp2::enabled(ctx)) {
+        c->halo[0] = ctx.save({B, K_ - 1, d_inner_});
+        c->halo[1] = ctx.save({B, K_ - 1, 2 * GN});
+        lasp2::exchange_halo(ctx, B, T, K_, {c->xs_in, c->bc_in}, {c->halo[0], c->halo[1]});
+      }
       c->xs_c = ctx.save({BT, d_inner_});
       c->bc_c = ctx.save({BT, 2 * GN});
-      conv_forward(ctx, *c, c->xs_in, 0, c->xs_c);
-      conv_forward(ctx, *c, c->bc_in, d_inner_, c->bc_c);
+      conv_forward(ctx, *c, c->xs_in, 0, c->halo[0], c->xs_c);
+      conv_forward(ctx, *c, c->bc_in, d_inner_, c->halo[1], c->bc_c);
     }
 
     ScratchScope scope(ctx.scratch);
     const Derived d = derive(ctx, *c);
 
     // The core, then y = core + D·xs.
-    c->initial_state = Tensor{};  // context parallelism: the state from the previous rank
     const Tensor o = ctx.temp({BT, d_inner_});  // [B·T, d_inner]
-    be.lsm_scalar_decay_forward(group_view(d.bc, B, T, GN, G_, N_),
-                                group_view(d.bc, B, T, 0, G_, N_), heads4(*c, d.v), d.log_decay,
-                                1.0, cfg_.chunk_size, c->initial_state, heads4(*c, o), Tensor{});
+    auto core = [&](const Tensor& initial_state, const Tensor& final_state) {
+      be.lsm_scalar_decay_forward(group_view(d.bc, B, T, GN, G_, N_),
+                                  group_view(d.bc, B, T, 0, G_, N_), heads4(*c, d.v), d.log_decay,
+                                  1.0, cfg_.chunk_size, initial_state, heads4(*c, o), final_state);
+    };
+    if (lasp2::enabled(ctx)) {
+      const lasp2::StateDims sd = state_dims(*c);
+      c->transition = ctx.saved.allocate(stat_dtype(ctx.dtype), sd.transition_shape());
+      lasp2::decay_transition(ctx, d.log_decay, c->transition);
+      c->initial_state = lasp2::incoming_state(ctx, sd, c->transition, core);
+    }
+    core(c->initial_state, Tensor{});
     const Tensor skip = ctx.temp({BT, d_inner_});  // [B·T, d_inner]
     be.mul(d.d_full, d.xs, skip);
     c->y = ctx.save({BT, d_inner_});
@@ -206,11 +222,17 @@ class Mamba2 final : public Sublayer {
     // The core: dq → d Cm, dk → d Bm (columns of d_bc), dv, d log_decay.
     const Tensor d_bc = temp(2 * GN), dv = temp(d_inner_);
     const Tensor d_ld = ctx.temp({B, T, H_});  // [B, T, H]
-    be.lsm_scalar_decay_backward(group_view(d.bc, B, T, GN, G_, N_),
-                                 group_view(d.bc, B, T, 0, G_, N_), heads4(c, d.v), d.log_decay,
-                                 1.0, cfg_.chunk_size, c.initial_state, heads4(c, d_y), Tensor{},
-                                 group_view(d_bc, B, T, GN, G_, N_),
-                                 group_view(d_bc, B, T, 0, G_, N_), heads4(c, dv), d_ld, Tensor{});
+    auto core = [&](const Tensor& d_final_state, const Tensor& d_initial_state) {
+      be.lsm_scalar_decay_backward(
+          group_view(d.bc, B, T, GN, G_, N_), group_view(d.bc, B, T, 0, G_, N_), heads4(c, d.v),
+          d.log_decay, 1.0, cfg_.chunk_size, c.initial_state, heads4(c, d_y), d_final_state,
+          group_view(d_bc, B, T, GN, G_, N_), group_view(d_bc, B, T, 0, G_, N_), heads4(c, dv),
+          d_ld, d_initial_state);
+    };
+    const bool cp = lasp2::enabled(ctx);
+    const Tensor d_final =
+        cp ? lasp2::outgoing_state_gradient(ctx, state_dims(c), c.transition, core) : Tensor{};
+    core(d_final, Tensor{});
 
     // v = dt_exp ⊙ xs: d xs += dv ⊙ dt_exp; d dt = (dv ⊙ xs) Eᵀ.
     be.mul(dv, d.dt_exp, t1);
@@ -240,8 +262,14 @@ class Mamba2 final : public Sublayer {
     if (K_ > 0) {
       d_xs_in = temp(d_inner_);
       d_bc_in = temp(2 * GN);
-      conv_backward(ctx, c, c.xs_in, 0, d_xs_c, d_xs_in);
-      conv_backward(ctx, c, c.bc_in, d_inner_, d_bc_c, d_bc_in);
+      // Context parallelism: the halos' gradients go to the previous rank, and the next rank's
+      // are added to the last K−1 rows of d_xs_in, d_bc_in.
+      const Tensor d_halo_xs = cp ? ctx.temp(c.halo[0].shape) : Tensor{};  // [B, K−1, d_inner]
+      const Tensor d_halo_bc = cp ? ctx.temp(c.halo[1].shape) : Tensor{};  // [B, K−1, 2GN]
+      conv_backward(ctx, c, c.xs_in, 0, c.halo[0], d_xs_c, d_xs_in, d_halo_xs);
+      conv_backward(ctx, c, c.bc_in, d_inner_, c.halo[1], d_bc_c, d_bc_in, d_halo_bc);
+      if (cp)
+        lasp2::return_halo_gradient(ctx, B, T, K_, {d_halo_xs, d_halo_bc}, {d_xs_in, d_bc_in});
     }
     linear_backward(ctx, c.x, in_rows(ctx.param(w_in_), Piece::xs), d_xs_in, dx, true,
                     in_rows(ctx.grad(w_in_), Piece::xs), Tensor{});
@@ -285,27 +313,32 @@ class Mamba2 final : public Sublayer {
     return t.reshape({c.B, c.T, H_, P_});
   }
 
-  // The conv channels [c0, c0 + C) of xBC: in, out [B·T, C] contiguous.
+  // The conv channels [c0, c0 + C) of xBC: in, out [B·T, C] contiguous; halo [B, K−1, C] or
+  // undefined.
   void conv_forward(LayerContext& ctx, const Mamba2Cache& c, const Tensor& in, i64 c0,
-                    const Tensor& out) const {
+                    const Tensor& halo, const Tensor& out) const {
     const i64 C = in.size(1);
     const Tensor w = ctx.param(w_conv_).reshape({d_inner_ + 2 * G_ * N_, K_}).slice(0, c0, C);
-    const Tensor halo = c.halo.data ? c.halo.slice(2, c0, C) : Tensor{};
     ctx.backend.causal_conv1d_forward(in.reshape({c.B, c.T, C}), w,
                                       ctx.param(b_conv_).slice(0, c0, C), halo,
                                       out.reshape({c.B, c.T, C}));
   }
 
+  // d_halo [B, K−1, C] gets the halo's gradient when defined (context parallelism).
   void conv_backward(LayerContext& ctx, const Mamba2Cache& c, const Tensor& in, i64 c0,
-                     const Tensor& d_out, const Tensor& d_in) const {
+                     const Tensor& halo, const Tensor& d_out, const Tensor& d_in,
+                     const Tensor& d_halo) const {
     const i64 C = in.size(1), conv_dim = d_inner_ + 2 * G_ * N_;
     const Tensor w = ctx.param(w_conv_).reshape({conv_dim, K_}).slice(0, c0, C);
     const Tensor dw = ctx.grad(w_conv_).reshape({conv_dim, K_}).slice(0, c0, C);
-    const Tensor halo = c.halo.data ? c.halo.slice(2, c0, C) : Tensor{};
-    // The halo's gradient (d_halo) is what context parallelism will send back; not needed yet.
     ctx.backend.causal_conv1d_backward(in.reshape({c.B, c.T, C}), w, halo,
                                        d_out.reshape({c.B, c.T, C}), d_in.reshape({c.B, c.T, C}),
-                                       dw, ctx.grad(b_conv_).slice(0, c0, C), Tensor{});
+                                       dw, ctx.grad(b_conv_).slice(0, c0, C), d_halo);
+  }
+
+  // The core's state geometry for LASP-2: [B, H, N, P], a scalar transition per (b, h).
+  lasp2::StateDims state_dims(const Mamba2Cache& c) const {
+    return lasp2::StateDims{c.B, H_, N_, P_, lasp2::Transition::scalar};
   }
 
   // Everything between the conv outputs and the core's inputs (MODEL.md 3), in scratch.

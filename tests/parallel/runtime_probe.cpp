@@ -5,9 +5,13 @@
 //   mpi-error   the last rank makes a bad MPI call (LINMOE_MPI_CHECK) while the others wait
 //   user-error  every rank throws the same UserError (exit 2, printed once)
 //   rank-error  the last rank throws a non-collective UserError (exit 3) while the others wait
+//   exit-early  the last rank leaves with exit(0) without MPI_Finalize while the others wait
+//   killed      the last rank dies of SIGKILL (as under the OOM killer) while the others wait
 #include <mpi.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "core/check.h"
@@ -31,6 +35,8 @@ int main(int argc, char** argv) {
         LINMOE_MPI_CHECK(MPI_Send(&x, 1, MPI_INT, rt.world_size() + 5, 0, MPI_COMM_WORLD));
       }
       if (mode == "rank-error") throw linmoe::UserError("probe: one rank's error", false, 3);
+      if (mode == "exit-early") std::_Exit(0);
+      if (mode == "killed") std::raise(SIGKILL);
     }
     // The other ranks would wait here forever if the failing rank did not end the job.
     rt.world().barrier();
