@@ -82,7 +82,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     const Config cfg = load_config_from_string(cb->meta.at("config").as_string(), {}, "meta.json");
-    const std::vector<std::string> states = {"exp_avg", "exp_avg_sq"};
+    std::vector<std::string> states;
+    for (const Json& n : cb->meta.at("optimizer").at("state").as_array()) {
+      states.push_back(n.as_string());
+    }
     double worst_w = 0, worst_s = 0;
     std::string worst_w_name, worst_s_name;
     for (const ModelParam& p : model_parameters(cfg.model)) {

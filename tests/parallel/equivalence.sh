@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# equivalence.sh LINMOE COMPARE WORKDIR OUT NP [--set k=v ...] [--then NP2 [--set k=v ...]]
+# equivalence.sh LINMOE COMPARE WORKDIR OUT NP [--config YAML] [--set k=v ...] [--then NP2 [--set k=v ...]]
 # Trains tests/parallel/configs/equivalence.yaml for three steps on one rank (the reference) and
 # under mpirun with NP ranks and the given --set overrides (the layout), then compares losses,
 # gradient norms, weights and optimizer state (compare_runs, relative 1e-5). With --then, the
@@ -9,6 +9,11 @@
 set -euo pipefail
 linmoe=$1 compare=$2 workdir=$3 out=$4 np=$5
 shift 5
+cfg=tests/parallel/configs/equivalence.yaml
+if [[ ${1:-} == --config ]]; then
+  cfg=$2
+  shift 2
+fi
 first=() then_np="" then=()
 while (($#)); do
   if [[ $1 == --then ]]; then
@@ -22,7 +27,6 @@ while (($#)); do
 done
 set -- "${first[@]}"
 cd "$workdir"
-cfg=tests/parallel/configs/equivalence.yaml
 rm -rf "$out"
 mkdir -p "$out"
 common=(--set "run.output_dir=$out/ref" --set "checkpoint.dir=$out/ref/ckpt")
