@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# equivalence.sh LINMOE COMPARE WORKDIR OUT NP [--config YAML] [--set k=v ...] [--then NP2 [--set k=v ...]]
+# equivalence.sh LINMOE COMPARE WORKDIR OUT NP [--config YAML] [--tol T] [--set k=v ...] [--then NP2 [--set k=v ...]]
 # Trains tests/parallel/configs/equivalence.yaml for three steps on one rank (the reference) and
 # under mpirun with NP ranks and the given --set overrides (the layout), then compares losses,
 # gradient norms, weights and optimizer state (compare_runs, relative 1e-5). With --then, the
@@ -9,9 +9,13 @@
 set -euo pipefail
 linmoe=$1 compare=$2 workdir=$3 out=$4 np=$5
 shift 5
-cfg=tests/parallel/configs/equivalence.yaml
+cfg=tests/parallel/configs/equivalence.yaml tol=1e-5
 if [[ ${1:-} == --config ]]; then
   cfg=$2
+  shift 2
+fi
+if [[ ${1:-} == --tol ]]; then
+  tol=$2
   shift 2
 fi
 first=() then_np="" then=()
@@ -51,4 +55,4 @@ else
   grep -q "loaded checkpoint .*iter_0000002" "$out/resume.log" ||
     { echo "FAIL: the resumed run did not load step 2"; cat "$out/resume.log"; exit 1; }
 fi
-"$compare" "$out/ref" "$out/run" 1e-5
+"$compare" "$out/ref" "$out/run" "$tol"
