@@ -265,7 +265,8 @@ int Trainer::train() {
 
     const double step_s = seconds_since(step_start), elapsed = seconds_since(start);
     const double tok_s = static_cast<double>(tokens_per_step) / step_s;
-    const double tflops = s_->flops_per_token * tok_s / 1e12;
+    // Per rank (per GPU): the job's model FLOPs shared by its ranks.
+    const double tflops = s_->flops_per_token * tok_s / 1e12 / s_->rt.world_size();
     const double mem_gib =
         static_cast<double>(memory_stats(be.device()).peak_bytes) / (1024.0 * 1024.0 * 1024.0);
     Json line = Json::object();
