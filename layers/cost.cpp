@@ -4,6 +4,7 @@
 
 #include "layers/model.h"
 #include "layers/model_spec.h"
+#include "layers/sharding.h"
 
 namespace linmoe {
 
@@ -76,18 +77,38 @@ double total_flops_per_token(const ModelConfig& m, std::int64_t seq_len) {
 }
 
 MemoryEstimate memory_per_rank(const Config& c) {
-  MemoryEstimate e;
-  const ParamCounts n = count_parameters(c.model);
-  e.weights = 4.0 * static_cast<double>(n.total);
-  e.gradients = e.weights;
-  if (c.optimizer.type == OptimizerType::adamw) {
-    e.optimizer = 2 * e.weights;
-  } else if (c.optimizer.momentum != 0) {
-    e.optimizer = e.weights;
+  const ParallelConfig& p = c.parallel;
+  const int dp = std::max(1, p.data), data_group = p.context * dp;
+  const bool zero = c.optimizer.zero && data_group > 1;
+  const double states = c.optimizer.type == OptimizerType::adamw ? 2.0
+                        : c.optimizer.momentum != 0                ? 1.0
+                                                                   : 0.0;
+  const double whole_activations = static_cast<double>(Model::planned_activation_bytes(
+      c.model, c.train.micro_batch_size, c.train.seq_len / p.context, DType::f32));
+  const int micro_batches = std::max(1, p.micro_batches);
+  MemoryEstimate best;
+  for (int stage = 0; stage < p.pipeline; ++stage) {
+    const ShardingPlan plan = make_sharding_plan(c, 0, 0, stage);
+    double dense = 0, expert = 0;
+    for (const ShardedParam& s : shard_parameters(c.model, plan)) {
+      (s.expert ? expert : dense) += static_cast<double>(s.spec.shape.numel());
+    }
+    MemoryEstimate e;
+    e.weights = 4.0 * (dense + expert);
+    e.gradients = e.weights;
+    const double expert_group = static_cast<double>(data_group) / p.expert;
+    const double sharded = zero ? dense / data_group + expert / std::max(1.0, expert_group)
+                                : dense + expert;
+    e.optimizer = 4.0 * states * sharded;
+    if (zero) e.gradients += e.weights;  // the reduce-scatter's staging copy
+    const double layers = plan.last_layer() - plan.first_layer();
+    const int in_flight = std::min(p.pipeline - stage, micro_batches);
+    e.activations =
+        whole_activations * (layers / std::max(1, c.model.num_layers)) / std::max(1, p.tensor) *
+        in_flight;
+    if (e.total() > best.total()) best = e;
   }
-  e.activations = static_cast<double>(Model::planned_activation_bytes(
-      c.model, c.train.micro_batch_size, c.train.seq_len / c.parallel.context, DType::f32));
-  return e;
+  return best;
 }
 
 }  // namespace linmoe
