@@ -6,8 +6,10 @@
 // parallelism q_proj/k_proj/v_proj hold a contiguous range of whole heads and o_proj the matching
 // columns, so the same code runs on a head slice (tp only adds the row-parallel reduction after
 // o_proj and the column-parallel one for dx). Context parallelism (LASP-2H, PARALLEL.md) plugs in
-// where the keys are chosen: it all-gathers K and V, attends with q_offset = ctx.position_offset
-// and reduce-scatters dK, dV; on one rank the keys are the local tokens and q_offset is 0.
+// where the keys are chosen: it all-gathers K and V (after RoPE at global positions) over the cp
+// group, attends the local queries with q_offset = cp_rank·T_local and reduce-scatters dK, dV;
+// on one rank the keys are the local tokens and q_offset is 0. Piece r only sees keys of pieces
+// 0..r, so it keeps just those (Tk = (r+1)·T_local) and sends zeros for the later ones.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -16,6 +18,7 @@
 #include "core/check.h"
 #include "layers/linear.h"
 #include "layers/sublayers.h"
+#include "parallel/process_groups.h"
 
 namespace linmoe {
 namespace {
@@ -28,10 +31,12 @@ struct AttentionCache : Sublayer::Cache {
   i64 q_offset = 0;         // position of query 0 among the keys (attention_forward's contract)
   Tensor x;                 // [B, T, D] the mixer input (copied: the caller may reuse its buffer)
   Tensor q;                 // [B, T, Hq, d] after RoPE
-  Tensor k;                 // [B, T, Hkv, d] after RoPE
-  Tensor v;                 // [B, T, Hkv, d]
-  Tensor o;                 // [B, T, Hq, d] attention output, the o_proj input
-  Tensor lse;               // [B, Hq, T] stat: log-sum-exp of each query's logits
+  Tensor k;                 // [B, Tk, Hkv, d] after RoPE: all visible keys (Tk = T on one rank)
+  Tensor v;                 // [B, Tk, Hkv, d]
+  int cp_size = 1;          // pieces of the sequence (context parallelism)
+  int cp_rank = 0;
+  Tensor o;    // [B, T, Hq, d] attention output, the o_proj input
+  Tensor lse;  // [B, Hq, T] stat: log-sum-exp of each query's logits
 };
 
 class Attention final : public Sublayer {
@@ -90,22 +95,39 @@ class Attention final : public Sublayer {
     c->B = B;
     c->T = T;
     c->position_offset = ctx.position_offset;
-    c->q_offset = 0;  // keys = this rank's tokens (context parallelism: all-gathered, see top)
+    if (ctx.groups != nullptr) {
+      c->cp_size = ctx.groups->layout().cp;
+      c->cp_rank = ctx.groups->coords().cp_rank;
+    }
+    c->q_offset = static_cast<i64>(c->cp_rank) * T;  // LASP-2H: the keys of pieces 0..cp_rank
+    LINMOE_CHECK(c->cp_size == 1 || ctx.position_offset == c->q_offset,
+                 "attention: context-parallel piece ", c->cp_rank, " of ", T,
+                 " tokens must start at position ", c->q_offset, ", got position_offset ",
+                 ctx.position_offset);
     c->x = ctx.save(x.shape);  // [B, T, D]
     be.copy(x, c->x);
 
     // q = x Wqᵀ (+ bq), k, v likewise, viewed per head (MODEL.md 2).
-    c->q = ctx.save({B, T, hq_, d_});   // [B, T, Hq, d]
-    c->k = ctx.save({B, T, hkv_, d_});  // [B, T, Hkv, d]
-    c->v = ctx.save({B, T, hkv_, d_});  // [B, T, Hkv, d]
+    c->q = ctx.save({B, T, hq_, d_});  // [B, T, Hq, d]
+    ScratchScope scope(ctx.scratch);
+    const bool cp = c->cp_size > 1;
+    const Tensor k = cp ? ctx.temp({B, T, hkv_, d_}) : ctx.save({B, T, hkv_, d_});  // [B,T,Hkv,d]
+    const Tensor v = cp ? ctx.temp({B, T, hkv_, d_}) : ctx.save({B, T, hkv_, d_});  // [B,T,Hkv,d]
     linear_forward(ctx, c->x, ctx.param(wq_), bias(ctx, bq_), flat(c->q));
-    linear_forward(ctx, c->x, ctx.param(wk_), bias(ctx, bk_), flat(c->k));
-    linear_forward(ctx, c->x, ctx.param(wv_), bias(ctx, bv_), flat(c->v));
+    linear_forward(ctx, c->x, ctx.param(wk_), bias(ctx, bk_), flat(k));
+    linear_forward(ctx, c->x, ctx.param(wv_), bias(ctx, bv_), flat(v));
 
     // RoPE in place at global positions position_offset + t (MODEL.md 2): the saved q and k are
     // the rotated ones, which is what attention_backward needs.
     be.rope_forward(c->q, c->q, theta_, c->position_offset);
-    be.rope_forward(c->k, c->k, theta_, c->position_offset);
+    be.rope_forward(k, k, theta_, c->position_offset);
+    if (cp) {
+      c->k = gather_keys(ctx, k, c->cp_rank);
+      c->v = gather_keys(ctx, v, c->cp_rank);
+    } else {
+      c->k = k;
+      c->v = v;
+    }
 
     c->o = ctx.save({B, T, hq_, d_});                                 // [B, T, Hq, d]
     c->lse = ctx.saved.allocate(stat_dtype(ctx.dtype), {B, hq_, T});  // [B, Hq, T]
@@ -129,26 +151,69 @@ class Attention final : public Sublayer {
     const Tensor d_o = ctx.temp({B, T, hq_, d_});  // [B, T, Hq, d]
     linear_backward(ctx, flat(c.o), ctx.param(wo_), dy, flat(d_o), false, ctx.grad(wo_), Tensor{});
 
-    // Attention: dk, dv are summed over the query heads sharing a kv head.
-    const Tensor dq = ctx.temp({B, T, hq_, d_});   // [B, T, Hq, d]
-    const Tensor dk = ctx.temp({B, T, hkv_, d_});  // [B, T, Hkv, d]
-    const Tensor dv = ctx.temp({B, T, hkv_, d_});  // [B, T, Hkv, d]
+    // Attention: dk, dv are summed over the query heads sharing a kv head, over all visible keys.
+    const i64 Tk = c.k.size(1);
+    const Tensor dq = ctx.temp({B, T, hq_, d_});    // [B, T, Hq, d]
+    const Tensor dk = ctx.temp({B, Tk, hkv_, d_});  // [B, Tk, Hkv, d]
+    const Tensor dv = ctx.temp({B, Tk, hkv_, d_});  // [B, Tk, Hkv, d]
     be.attention_backward(c.q, c.k, c.v, c.o, c.lse, d_o, scale(), c.q_offset, dq, dk, dv);
+    // LASP-2H: every piece's contributions to a key sum on the key's owner.
+    const Tensor dk_local = c.cp_size > 1 ? scatter_key_grads(ctx, dk, T) : dk;  // [B,T,..]
+    const Tensor dv_local = c.cp_size > 1 ? scatter_key_grads(ctx, dv, T) : dv;
 
     // RoPE is a rotation: its gradient is the inverse rotation, in place.
     be.rope_backward(dq, dq, theta_, c.position_offset);
-    be.rope_backward(dk, dk, theta_, c.position_offset);
+    be.rope_backward(dk_local, dk_local, theta_, c.position_offset);
 
     // The projections: dx += d· W, dW += d·ᵀ x, db += Σ_n d·.
     linear_backward(ctx, c.x, ctx.param(wq_), flat(dq), dx, true, ctx.grad(wq_),
                     bias_grad(ctx, bq_));
-    linear_backward(ctx, c.x, ctx.param(wk_), flat(dk), dx, true, ctx.grad(wk_),
+    linear_backward(ctx, c.x, ctx.param(wk_), flat(dk_local), dx, true, ctx.grad(wk_),
                     bias_grad(ctx, bk_));
-    linear_backward(ctx, c.x, ctx.param(wv_), flat(dv), dx, true, ctx.grad(wv_),
+    linear_backward(ctx, c.x, ctx.param(wv_), flat(dv_local), dx, true, ctx.grad(wv_),
                     bias_grad(ctx, bv_));
   }
 
  private:
+  // LASP-2H forward: all-gathers the local keys (or values) t [B, T, Hkv, d] over the cp group and
+  // keeps the pieces 0..cp_rank, the ones this piece's queries can see, as [B, (cp_rank+1)·T,
+  // Hkv, d] in ctx.saved.
+  static Tensor gather_keys(LayerContext& ctx, const Tensor& t, int cp_rank) {
+    Communicator& cp = ctx.groups->cp();
+    const i64 B = t.size(0), T = t.size(1);
+    const Tensor all = ctx.temp({static_cast<i64>(cp.size()), B, T, t.size(2), t.size(3)});
+    cp.all_gather(t, all);  // [cp, B, T, Hkv, d]
+    const i64 pieces = cp_rank + 1;
+    const Tensor out = ctx.save({B, pieces * T, t.size(2), t.size(3)});  // [B, Tk, Hkv, d]
+    for (i64 r = 0; r < pieces; ++r) {
+      for (i64 b = 0; b < B; ++b) {
+        ctx.backend.copy(all.select(0, r).select(0, b), out.select(0, b).slice(0, r * T, T));
+      }
+    }
+    return out;
+  }
+
+  // LASP-2H backward: g [B, Tk, Hkv, d] holds this piece's gradients for the keys of pieces
+  // 0..Tk/T−1; returns [B, T, Hkv, d] (scratch) = the sum over the cp group of every piece's
+  // gradient for this rank's keys (reduce-scatter; the pieces it cannot see are zeros).
+  static Tensor scatter_key_grads(LayerContext& ctx, const Tensor& g, i64 T) {
+    Communicator& cp = ctx.groups->cp();
+    const i64 B = g.size(0), pieces = g.size(1) / T;
+    LINMOE_CHECK(pieces * T == g.size(1) && pieces <= cp.size(), "attention: key gradients ",
+                 g.str(), " are not whole pieces of ", T);
+    const Tensor all =
+        ctx.temp({static_cast<i64>(cp.size()), B, T, g.size(2), g.size(3)});  // [cp, B, T, Hkv, d]
+    if (pieces < cp.size()) ctx.backend.fill(all.slice(0, pieces, cp.size() - pieces), 0.0);
+    for (i64 r = 0; r < pieces; ++r) {
+      for (i64 b = 0; b < B; ++b) {
+        ctx.backend.copy(g.select(0, b).slice(0, r * T, T), all.select(0, r).select(0, b));
+      }
+    }
+    const Tensor out = ctx.temp({B, T, g.size(2), g.size(3)});  // [B, T, Hkv, d]
+    cp.reduce_scatter(all, out);
+    return out;
+  }
+
   double scale() const { return 1.0 / std::sqrt(static_cast<double>(d_)); }
 
   // [B, T, H, d] -> [B·T, H·d]: the per-head view as the projection's rows.

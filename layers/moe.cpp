@@ -1,14 +1,27 @@
 // The MoE block of MODEL.md 4: route → dispatch (plan + permute) → local experts → combine
 // (unpermute with the routing weights), plus the gated shared expert. Each stage is its own
-// function so that expert parallelism only inserts the all-to-all of the routed rows between
-// dispatch and the experts, and back between the experts and the combine (PARALLEL.md).
+// function; expert parallelism lives in the dispatch and the combine (layers/moe_dispatch.h).
+//
+// Parallel layouts (PARALLEL.md), with ctx.groups set:
+//  - Tensor parallelism: x is the same on the tp ranks, and the block must not repeat a token's
+//    expert work on each. tp rank r takes the rows [N·r/tp, N·(r+1)/tp) of the flattened
+//    N = B·T_local tokens (routing, dispatch, experts, shared expert, combine), writes y for them
+//    and zeros elsewhere, and adds dx for its rows only: y and dx are partial sums over tp, which
+//    the model all-reduces like every sublayer's. The parameters are replicated over tp.
+//  - Context parallelism: x is this rank's piece of the sequences (position_offset).
+//  - Statistics and capacity are over the whole micro-batch: the router all-reduces its sums and
+//    gathers the capacity decision over tp_cp (layers/moe_router.h).
+//  - Expert parallelism: experts.w1/w3/w2 hold this rank's slice of experts (dim 0, over the ep
+//    group); the dispatcher (moe.dispatcher) moves the rows to them and back.
 #include <string>
 
 #include "core/check.h"
 #include "layers/linear.h"
+#include "layers/moe_dispatch.h"
 #include "layers/moe_router.h"
 #include "layers/sublayers.h"
 #include "layers/swiglu_ffn.h"
+#include "parallel/process_groups.h"
 
 namespace linmoe {
 namespace {
@@ -23,18 +36,10 @@ struct MoeParams {
   bool has_shared() const { return shared_w1 >= 0; }
 };
 
-// The routed rows of one micro-batch in expert order.
-struct MoeDispatch {
-  Tensor order;             // [N·k] i32: kept assignments n·k + s grouped by expert, then −1s
-  std::vector<i64> counts;  // [E] kept assignments per expert (rows of x_perm, in order)
-  i64 rows = 0;             // A = Σ_e counts[e]
-  Tensor x_perm;            // [A, D] token rows in expert order
-};
-
 // The experts' activations, saved for backward.
 struct ExpertActs {
-  Tensor gate, up;  // [A, F]
-  Tensor y;         // [A, D] SwiGLU_e of each routed row, before the combine weight
+  Tensor gate, up;  // [R, F]
+  Tensor y;         // [R, D] SwiGLU_e of each of the local experts' rows, before the weight
 };
 
 struct SharedActs {
@@ -45,70 +50,46 @@ struct SharedActs {
   Tensor order;       // [N] i32: the identity plan (every token's one slot, in token order)
 };
 
-// Dispatch: the plan (a stable sort of the kept assignments by expert) and the gather of the token
-// rows. Under expert parallelism the counts are exchanged and x_perm is all-to-all'ed here.
-MoeDispatch moe_dispatch(LayerContext& ctx, const MoeRouting& r, int E, const Tensor& x) {
-  const i64 N = x.size(0), D = x.size(1), k = r.expert_ids.size(1);
-  MoeDispatch d;
-  d.order = ctx.saved.allocate(DType::i32, Shape{N * k});
-  {
-    ScratchScope scope(ctx.scratch);
-    Tensor counts = ctx.temp(DType::i64, Shape{E});  // [E]
-    d.rows = ctx.backend.moe_dispatch_plan(r.expert_ids, r.keep, E, d.order, counts);
-    d.counts.assign(static_cast<std::size_t>(E), 0);
-    ctx.backend.copy(counts, Tensor(d.counts.data(), DType::i64, Device::cpu, Shape{E}));
-  }
-  d.x_perm = ctx.save(Shape{d.rows, D});
-  ctx.backend.moe_permute(x, d.order, static_cast<int>(k), d.x_perm);
-  return d;
-}
-
 SwigluWeights expert_slice(const Tensor& w1, const Tensor& w3, const Tensor& w2, i64 e) {
   return SwigluWeights{w1.select(0, e), w3.select(0, e), w2.select(0, e)};
 }
 
-// Local experts: expert e runs its SwiGLU as GEMMs on its contiguous row range of x_perm, with
-// experts.w1[e] the [F, D] slice of the [E, F, D] tensor (MODEL.md 4). Empty experts do nothing.
+// Local experts: local expert e runs its SwiGLU as GEMMs on its contiguous row range of x_exp,
+// with experts.w1[e] the [F, D] slice of this rank's [E/ep, F, D] tensor (MODEL.md 4). Empty
+// experts do nothing.
 ExpertActs moe_experts_forward(LayerContext& ctx, const MoeParams& p, const MoeDispatch& d) {
   const Tensor w1 = ctx.param(p.w1), w3 = ctx.param(p.w3), w2 = ctx.param(p.w2);
   const i64 F = w1.size(1), D = w1.size(2);
   ExpertActs a;
-  a.gate = ctx.save(Shape{d.rows, F});
-  a.up = ctx.save(Shape{d.rows, F});
-  a.y = ctx.save(Shape{d.rows, D});
+  const i64 R = d.x_exp.size(0);
+  a.gate = ctx.save(Shape{R, F});
+  a.up = ctx.save(Shape{R, F});
+  a.y = ctx.save(Shape{R, D});
   i64 row = 0;
-  for (i64 e = 0; e < static_cast<i64>(d.counts.size()); ++e) {
-    const i64 n = d.counts[static_cast<std::size_t>(e)];
+  for (i64 e = 0; e < static_cast<i64>(d.expert_rows.size()); ++e) {
+    const i64 n = d.expert_rows[static_cast<std::size_t>(e)];
     if (n == 0) continue;
-    swiglu_ffn_forward(ctx, d.x_perm.slice(0, row, n), expert_slice(w1, w3, w2, e),
+    swiglu_ffn_forward(ctx, d.x_exp.slice(0, row, n), expert_slice(w1, w3, w2, e),
                        a.gate.slice(0, row, n), a.up.slice(0, row, n), a.y.slice(0, row, n));
     row += n;
   }
   return a;
 }
 
-// dx_perm [A, D] overwritten; the experts' weight gradients accumulate.
+// dx_exp [R, D] overwritten; the experts' weight gradients accumulate.
 void moe_experts_backward(LayerContext& ctx, const MoeParams& p, const MoeDispatch& d,
-                          const ExpertActs& a, const Tensor& dy_perm, const Tensor& dx_perm) {
+                          const ExpertActs& a, const Tensor& dy_exp, const Tensor& dx_exp) {
   const Tensor w1 = ctx.param(p.w1), w3 = ctx.param(p.w3), w2 = ctx.param(p.w2);
   const Tensor g1 = ctx.grad(p.w1), g3 = ctx.grad(p.w3), g2 = ctx.grad(p.w2);
   i64 row = 0;
-  for (i64 e = 0; e < static_cast<i64>(d.counts.size()); ++e) {
-    const i64 n = d.counts[static_cast<std::size_t>(e)];
+  for (i64 e = 0; e < static_cast<i64>(d.expert_rows.size()); ++e) {
+    const i64 n = d.expert_rows[static_cast<std::size_t>(e)];
     if (n == 0) continue;
-    swiglu_ffn_backward(ctx, d.x_perm.slice(0, row, n), expert_slice(w1, w3, w2, e),
-                        a.gate.slice(0, row, n), a.up.slice(0, row, n), dy_perm.slice(0, row, n),
-                        dx_perm.slice(0, row, n), false, expert_slice(g1, g3, g2, e));
+    swiglu_ffn_backward(ctx, d.x_exp.slice(0, row, n), expert_slice(w1, w3, w2, e),
+                        a.gate.slice(0, row, n), a.up.slice(0, row, n), dy_exp.slice(0, row, n),
+                        dx_exp.slice(0, row, n), false, expert_slice(g1, g3, g2, e));
     row += n;
   }
-}
-
-// Combine: y_t = Σ_{e∈I_t, kept} w_{t,e} · SwiGLU_e(x_t). A dropped assignment adds nothing and
-// never renormalises the token's other weights (MODEL.md 4); a token with none gets 0 here and
-// keeps its residual in the block.
-void moe_combine(LayerContext& ctx, const MoeRouting& r, const MoeDispatch& d, const ExpertActs& a,
-                 const Tensor& y) {
-  ctx.backend.moe_unpermute(a.y, d.order, r.weights, y, false);
 }
 
 // The shared expert, y += sigmoid(x shared_gateᵀ) · SwiGLU_shared(x): an expert that every token
@@ -155,6 +136,14 @@ void shared_backward(LayerContext& ctx, const MoeParams& p, const SharedActs& s,
       SwigluWeights{ctx.grad(p.shared_w1), ctx.grad(p.shared_w3), ctx.grad(p.shared_w2)});
 }
 
+// This rank's share of the micro-batch (module comment): the rows [first, first + count) of the
+// flattened [B, T_local] tokens, the group that holds the rest, and where its experts live.
+struct MoeShard {
+  i64 first = 0, count = 0;
+  MoeTokenShard tokens;
+  ExpertPlacement experts;
+};
+
 class Moe : public Sublayer {
  public:
   Moe(const ModelConfig& m, int layer, const ParameterStore& params) : cfg_(m.moe) {
@@ -163,10 +152,22 @@ class Moe : public Sublayer {
     p_.w1 = params.index(pre + "experts.w1");
     p_.w3 = params.index(pre + "experts.w3");
     p_.w2 = params.index(pre + "experts.w2");
-    // Every expert lives on this rank until expert parallelism splits them.
-    LINMOE_CHECK(params.spec(p_.w1).shape[0] == cfg_.num_experts, "moe: layer ", layer, " holds ",
-                 params.spec(p_.w1).shape[0], " of ", cfg_.num_experts,
-                 " experts; expert parallelism is not implemented");
+    // This rank's experts: the dim-0 slice of experts.w1 (all of them without expert
+    // parallelism), the same for w3 and w2.
+    const ParamSpec& w1 = params.spec(p_.w1);
+    local_experts_ = w1.shape[0];
+    first_expert_ = w1.offset.empty() ? 0 : w1.offset[0];
+    LINMOE_CHECK(local_experts_ >= 1 && cfg_.num_experts % local_experts_ == 0 &&
+                     first_expert_ % local_experts_ == 0,
+                 "moe: layer ", layer, " holds experts [", first_expert_, ", ",
+                 first_expert_ + local_experts_, ") of ", cfg_.num_experts,
+                 ": not an even slice of the ep group");
+    for (int w : {p_.w3, p_.w2}) {
+      const ParamSpec& s = params.spec(w);
+      LINMOE_CHECK(
+          s.shape[0] == local_experts_ && (s.offset.empty() ? 0 : s.offset[0]) == first_expert_,
+          "moe: ", s.name, " holds a different expert slice than experts.w1");
+    }
     if (cfg_.shared_ffn_hidden_size > 0) {
       p_.shared_w1 = params.index(pre + "shared.w1.weight");
       p_.shared_w3 = params.index(pre + "shared.w3.weight");
@@ -176,7 +177,8 @@ class Moe : public Sublayer {
   }
 
   struct Saved : Cache {
-    Tensor x;  // [N, D] the input
+    MoeShard shard;
+    Tensor x;  // [n, D] this rank's rows of the input
     MoeRouting route;
     MoeDispatch dispatch;
     ExpertActs experts;
@@ -187,13 +189,17 @@ class Moe : public Sublayer {
                                  SublayerStats* stats) override {
     auto c = std::make_unique<Saved>();
     const Tensor x2 = rows(x), y2 = rows(y);  // [N, D]
-    c->x = ctx.save(x2.shape);
-    ctx.backend.copy(x2, c->x);
-    c->route = moe_route(ctx, cfg_, p_.router, c->x);
-    c->dispatch = moe_dispatch(ctx, c->route, cfg_.num_experts, c->x);
+    c->shard = shard(ctx, x);
+    const MoeShard& sh = c->shard;
+    if (sh.count < x2.size(0)) ctx.backend.fill(y2, 0.0);   // the other tp ranks' rows
+    const Tensor y_mine = y2.slice(0, sh.first, sh.count);  // [n, D]
+    c->x = ctx.save(Shape{sh.count, x2.size(1)});
+    ctx.backend.copy(x2.slice(0, sh.first, sh.count), c->x);
+    c->route = moe_route(ctx, cfg_, p_.router, c->x, sh.tokens);
+    c->dispatch = moe_dispatch(ctx, sh.experts, c->route, c->x);
     c->experts = moe_experts_forward(ctx, p_, c->dispatch);
-    moe_combine(ctx, c->route, c->dispatch, c->experts, y2);
-    if (p_.has_shared()) c->shared = shared_forward(ctx, p_, c->x, y2);
+    moe_combine(ctx, sh.experts, c->dispatch, c->experts.y, y_mine);
+    if (p_.has_shared()) c->shared = shared_forward(ctx, p_, c->x, y_mine);
     if (stats) {
       stats->aux_loss = c->route.aux;
       stats->z_loss = c->route.z;
@@ -204,25 +210,65 @@ class Moe : public Sublayer {
 
   void backward(LayerContext& ctx, Cache& cache, const Tensor& dy, const Tensor& dx) override {
     auto& c = static_cast<Saved&>(cache);
-    const Tensor dy2 = rows(dy), dx2 = rows(dx);  // [N, D]
+    const MoeShard& sh = c.shard;
+    const Tensor dy2 = rows(dy).slice(0, sh.first, sh.count);  // [n, D] this rank's rows
+    const Tensor dx2 = rows(dx).slice(0, sh.first, sh.count);  // [n, D]
     const i64 N = c.x.size(0), k = cfg_.top_k;
     if (p_.has_shared()) shared_backward(ctx, p_, c.shared, c.x, dy2, dx2);
     ScratchScope scope(ctx.scratch);
-    // Combine backward: each routed row's gradient and the combine weights' gradient.
-    Tensor dy_perm = ctx.temp(c.experts.y.shape);  // [A, D]
-    Tensor d_weights = ctx.temp(Shape{N, k});      // [N, k], 0 for dropped slots
-    ctx.backend.moe_unpermute_backward(dy2, c.experts.y, c.dispatch.order, c.route.weights, dy_perm,
-                                       d_weights);
-    Tensor dx_perm = ctx.temp(c.dispatch.x_perm.shape);  // [A, D]
-    moe_experts_backward(ctx, p_, c.dispatch, c.experts, dy_perm, dx_perm);
+    // Combine backward: each expert row's gradient and the combine weights' gradient.
+    Tensor dy_exp = ctx.temp(c.experts.y.shape);  // [R, D]
+    Tensor d_weights = ctx.temp(Shape{N, k});     // [n, k], 0 for dropped slots
+    moe_combine_backward(ctx, sh.experts, c.dispatch, c.experts.y, dy2, dy_exp, d_weights);
+    Tensor dx_exp = ctx.temp(c.dispatch.x_exp.shape);  // [R, D]
+    moe_experts_backward(ctx, p_, c.dispatch, c.experts, dy_exp, dx_exp);
     // Dispatch backward: each token's routed rows sum into dx.
-    ctx.backend.moe_permute_backward(dx_perm, c.dispatch.order, static_cast<int>(k), dx2);
+    moe_dispatch_backward(ctx, sh.experts, c.dispatch, dx_exp, dx2);
     moe_route_backward(ctx, cfg_, p_.router, c.x, c.route, d_weights, dx2);
   }
 
  private:
+  // This rank's rows, statistics group and expert placement (the module comment).
+  MoeShard shard(const LayerContext& ctx, const Tensor& x) const {
+    const i64 B = x.size(0), T = x.size(1), N = B * T;
+    MoeShard s;
+    s.count = N;
+    s.experts.num_experts = cfg_.num_experts;
+    s.experts.dispatcher = cfg_.dispatcher;
+    s.experts.first = first_expert_;
+    s.experts.count = local_experts_;
+    const ProcessGroups* g = ctx.groups;
+    if (g == nullptr) {
+      LINMOE_CHECK(local_experts_ == cfg_.num_experts, "moe: this rank holds ", local_experts_,
+                   " of ", cfg_.num_experts, " experts but has no process groups");
+      return s;
+    }
+    const Layout& l = g->layout();
+    const Coordinates& at = g->coords();
+    LINMOE_CHECK(
+        local_experts_ * l.ep == cfg_.num_experts && first_expert_ == at.ep_rank * local_experts_,
+        "moe: experts [", first_expert_, ", ", first_expert_ + local_experts_, ") are not ep rank ",
+        at.ep_rank, "'s slice of ", cfg_.num_experts, " over ep ", l.ep);
+    if (l.ep > 1) s.experts.ep = &g->ep();
+    s.first = N * at.tp_rank / l.tp;
+    s.count = N * (at.tp_rank + 1) / l.tp - s.first;
+    if (l.tp * l.cp > 1) {
+      s.tokens.group = &g->tp_cp();
+      // n = b·T_global + t with t the global position (MODEL.md 4): this piece starts at
+      // cp_rank·T of a sequence of cp·T.
+      s.tokens.token_index.resize(static_cast<std::size_t>(s.count));
+      for (i64 i = 0; i < s.count; ++i) {
+        const i64 f = s.first + i, b = f / T, t = f % T;
+        s.tokens.token_index[static_cast<std::size_t>(i)] =
+            b * (T * l.cp) + static_cast<i64>(at.cp_rank) * T + t;
+      }
+    }
+    return s;
+  }
+
   MoeConfig cfg_;
   MoeParams p_;
+  i64 local_experts_ = 0, first_expert_ = 0;  // this rank's expert slice
 };
 
 }  // namespace

@@ -3,6 +3,8 @@
 // for the statistics and for the top-k gradient, a scatter that the backend has no op for.
 #include "layers/moe_router.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 #include "kernels/moe_capacity.h"
 #include "layers/linear.h"
@@ -64,9 +66,85 @@ void topk_backward(LayerContext& ctx, const MoeRouting& r, bool renormalize, con
   ctx.backend.copy(host_view(g, dp.shape), dp);
 }
 
+// Capacity dropping over a micro-batch spread across `shard.group`: every member's rows (global
+// token index, I_t and the selected p_{t,e}, all the keep decision reads) are all-gathered, put
+// in global token order, and the backend's keep decision on the whole micro-batch is taken on
+// every rank; each keeps its own rows' entries.
+void sharded_capacity_keep(LayerContext& ctx, const MoeTokenShard& shard, const MoeRouting& r,
+                           i64 tokens, const Tensor& keep) {
+  Communicator& group = *shard.group;
+  const i64 N = r.probs.size(0), E = r.probs.size(1), k = r.expert_ids.size(1);
+  LINMOE_CHECK(static_cast<i64>(shard.token_index.size()) == N, "moe: ", shard.token_index.size(),
+               " token indices for ", N, " rows");
+  // One row per token: [n, I_t (k), p_{t,I_t} (k)] in f64 (exact for the stat dtype and the
+  // indices); ranks with fewer rows pad with n = −1.
+  const i64 W = 1 + 2 * k, rows = group.all_reduce_max_i64(N);
+  std::vector<double> p(static_cast<std::size_t>(N * E));
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(N * k));
+  ctx.backend.copy(r.probs, host_view(p, r.probs.shape));
+  ctx.backend.copy(r.expert_ids, host_view(ids, r.expert_ids.shape));
+  std::vector<double> mine(static_cast<std::size_t>(rows * W), -1.0);  // [rows, W]
+  for (i64 n = 0; n < N; ++n) {
+    double* row = mine.data() + n * W;
+    row[0] = static_cast<double>(shard.token_index[static_cast<std::size_t>(n)]);
+    for (i64 s = 0; s < k; ++s) {
+      const std::int32_t e = ids[static_cast<std::size_t>(n * k + s)];
+      row[1 + s] = e;
+      row[1 + k + s] = p[static_cast<std::size_t>(n * E + e)];
+    }
+  }
+  std::vector<double> all(static_cast<std::size_t>(group.size() * rows * W));
+  {
+    ScratchScope scope(ctx.scratch);
+    Tensor send = ctx.temp(DType::f64, Shape{rows, W});                 // [rows, W]
+    Tensor recv = ctx.temp(DType::f64, Shape{group.size() * rows, W});  // [size·rows, W]
+    ctx.backend.copy(host_view(mine, send.shape), send);
+    group.all_gather(send, recv);
+    ctx.backend.copy(recv, host_view(all, recv.shape));
+  }
+  // The micro-batch in global token order (p only where selected: all the decision reads).
+  std::vector<double> gp(static_cast<std::size_t>(tokens * E), 0.0);         // [tokens, E]
+  std::vector<std::int32_t> gids(static_cast<std::size_t>(tokens * k), -1);  // [tokens, k]
+  i64 placed = 0;
+  for (i64 i = 0; i < group.size() * rows; ++i) {
+    const double* row = all.data() + i * W;
+    if (row[0] < 0) continue;
+    const auto n = static_cast<i64>(row[0]);
+    LINMOE_CHECK(n < tokens && gids[static_cast<std::size_t>(n * k)] < 0, "moe: token index ", n,
+                 " is out of range or held twice in a micro-batch of ", tokens);
+    for (i64 s = 0; s < k; ++s) {
+      const auto e = static_cast<std::int32_t>(row[1 + s]);
+      gids[static_cast<std::size_t>(n * k + s)] = e;
+      gp[static_cast<std::size_t>(n * E + e)] = row[1 + k + s];
+    }
+    ++placed;
+  }
+  LINMOE_CHECK(placed == tokens, "moe: the group holds ", placed, " tokens, expected ", tokens);
+  std::vector<std::int32_t> gkeep(static_cast<std::size_t>(tokens * k));  // [tokens, k]
+  {
+    ScratchScope scope(ctx.scratch);
+    Tensor probs = ctx.temp(r.probs.dtype, Shape{tokens, E});  // [tokens, E] stat
+    Tensor experts = ctx.temp(DType::i32, Shape{tokens, k});   // [tokens, k]
+    Tensor kept = ctx.temp(DType::i32, Shape{tokens, k});      // [tokens, k]
+    ctx.backend.copy(host_view(gp, probs.shape), probs);
+    ctx.backend.copy(host_view(gids, experts.shape), experts);
+    ctx.backend.moe_capacity_keep(probs, experts, r.capacity, kept);
+    ctx.backend.copy(kept, host_view(gkeep, kept.shape));
+  }
+  std::vector<std::int32_t> local(static_cast<std::size_t>(N * k));  // [N, k]
+  for (i64 n = 0; n < N; ++n) {
+    const i64 g = shard.token_index[static_cast<std::size_t>(n)];
+    for (i64 s = 0; s < k; ++s) {
+      local[static_cast<std::size_t>(n * k + s)] = gkeep[static_cast<std::size_t>(g * k + s)];
+    }
+  }
+  ctx.backend.copy(host_view(local, keep.shape), keep);
+}
+
 }  // namespace
 
-MoeRouting moe_route(LayerContext& ctx, const MoeConfig& cfg, int router_param, const Tensor& x) {
+MoeRouting moe_route(LayerContext& ctx, const MoeConfig& cfg, int router_param, const Tensor& x,
+                     const MoeTokenShard& shard) {
   const i64 N = x.size(0);
   const int E = cfg.num_experts, k = cfg.top_k;
   const DType st = stat_dtype(ctx.dtype);
@@ -93,36 +171,54 @@ MoeRouting moe_route(LayerContext& ctx, const MoeConfig& cfg, int router_param, 
   ctx.backend.moe_topk(r.probs, k, cfg.norm_topk_prob, r.expert_ids, w_st);
   r.weights = as_dtype(ctx, ctx.saved, w_st, ctx.dtype);
 
+  // The micro-batch's N: this rank's rows, or all the group's.
+  const i64 tokens = shard.group ? shard.group->all_reduce_sum_i64(N) : N;
+  r.tokens = static_cast<double>(tokens);
+
   // Capacity: each expert keeps its ⌈c·N·k/E⌉ highest-p assignments, ties to the lower token.
   if (cfg.capacity_factor) {
-    r.capacity = moe_capacity(cfg.capacity_factor_text, N, k, E);
+    r.capacity = moe_capacity(cfg.capacity_factor_text, tokens, k, E);
     r.keep = ctx.saved.allocate(DType::i32, Shape{N, k});
-    ctx.backend.moe_capacity_keep(r.probs, r.expert_ids, r.capacity, r.keep);
+    if (shard.group) {
+      sharded_capacity_keep(ctx, shard, r, tokens, r.keep);
+    } else {
+      ctx.backend.moe_capacity_keep(r.probs, r.expert_ids, r.capacity, r.keep);
+    }
   }
 
   // Statistics over the micro-batch's tokens. f_e counts assignments BEFORE dropping and is not
-  // differentiated. Under context or tensor parallelism these sums (and N) must be all-reduced
-  // over the ranks holding the micro-batch's tokens first (MODEL.md 1).
+  // differentiated. With a shard group the sums are all-reduced over it first (MODEL.md 1).
   std::vector<std::int32_t> ids(static_cast<std::size_t>(N * k));  // [N, k]
   ctx.backend.copy(r.expert_ids, host_view(ids, r.expert_ids.shape));
-  std::vector<double> count(static_cast<std::size_t>(E), 0.0);  // [E]
-  for (std::int32_t e : ids) count[static_cast<std::size_t>(e)] += 1.0;
-  Tensor prob_sum = ctx.temp(st, Shape{E});  // [E] Σ_t p_{t,e}
-  ctx.backend.sum_rows(r.probs, prob_sum, false);
-  r.mean_prob.assign(static_cast<std::size_t>(E), 0.0);
-  ctx.backend.copy(prob_sum, host_view(r.mean_prob, prob_sum.shape));
-  const double lse_sq = ctx.backend.sum_squares(r.lse);
+  // [count_e (E), Σ_t p_{t,e} (E), Σ_t lse_t²] in f64.
+  std::vector<double> sums(static_cast<std::size_t>(2 * E + 1), 0.0);
+  for (std::int32_t e : ids) sums[static_cast<std::size_t>(e)] += 1.0;
+  {
+    Tensor prob_sum = ctx.temp(st, Shape{E});  // [E] Σ_t p_{t,e}
+    ctx.backend.sum_rows(r.probs, prob_sum, false);
+    std::vector<double> ps(static_cast<std::size_t>(E));
+    ctx.backend.copy(prob_sum, host_view(ps, prob_sum.shape));
+    std::copy(ps.begin(), ps.end(), sums.begin() + E);
+  }
+  sums[static_cast<std::size_t>(2 * E)] = ctx.backend.sum_squares(r.lse);
+  if (shard.group) {
+    Tensor t = ctx.temp(DType::f64, Shape{2 * E + 1});  // [2E + 1]
+    ctx.backend.copy(host_view(sums, t.shape), t);
+    shard.group->all_reduce(t);
+    ctx.backend.copy(t, host_view(sums, t.shape));
+  }
 
-  const double tokens = static_cast<double>(N);
+  const double total = static_cast<double>(tokens);
   r.load.assign(static_cast<std::size_t>(E), 0.0);
+  r.mean_prob.assign(static_cast<std::size_t>(E), 0.0);
   r.aux = 0.0;
-  for (std::size_t e = 0; e < count.size(); ++e) {
-    r.load[e] = N > 0 ? count[e] / (tokens * k) : 0.0;
-    r.mean_prob[e] = N > 0 ? r.mean_prob[e] / tokens : 0.0;
+  for (std::size_t e = 0; e < static_cast<std::size_t>(E); ++e) {
+    r.load[e] = tokens > 0 ? sums[e] / (total * k) : 0.0;
+    r.mean_prob[e] = tokens > 0 ? sums[static_cast<std::size_t>(E) + e] / total : 0.0;
     r.aux += r.load[e] * r.mean_prob[e];
   }
   r.aux *= E;
-  r.z = N > 0 ? lse_sq / tokens : 0.0;
+  r.z = tokens > 0 ? sums[static_cast<std::size_t>(2 * E)] / total : 0.0;
   return r;
 }
 
@@ -141,7 +237,7 @@ void moe_route_backward(LayerContext& ctx, const MoeConfig& cfg, int router_para
   if (c_aux != 0.0) {
     std::vector<double> row(static_cast<std::size_t>(E));  // [E]
     for (std::size_t e = 0; e < row.size(); ++e) {
-      row[e] = c_aux * static_cast<double>(E) * r.load[e] / static_cast<double>(N);
+      row[e] = c_aux * static_cast<double>(E) * r.load[e] / r.tokens;
     }
     Tensor row_t = ctx.temp(st, Shape{1, E});  // [1, E]
     ctx.backend.copy(host_view(row, row_t.shape), row_t);
@@ -161,7 +257,7 @@ void moe_route_backward(LayerContext& ctx, const MoeConfig& cfg, int router_para
     Tensor lse_p = ctx.temp(st, Shape{N, E});  // [N, E] lse_t·p_{t,e}
     ctx.backend.gemm(r.lse.reshape(Shape{N, 1}), false, ones, false, lse_p, 1.0, 0.0);
     ctx.backend.mul(lse_p, r.probs, lse_p);
-    ctx.backend.axpy(2.0 * c_z / static_cast<double>(N), lse_p, dlogits);
+    ctx.backend.axpy(2.0 * c_z / r.tokens, lse_p, dlogits);
   }
 
   const Tensor dl = as_dtype(ctx, ctx.scratch, dlogits, ctx.dtype);  // [N, E]

@@ -1,11 +1,18 @@
 // The MoE router of MODEL.md 4: softmax over the experts in the statistics dtype, top-k,
 // norm_topk_prob, capacity dropping, the aux and z losses; and its backward. Internal to the MoE
 // block (layers/moe.cpp), which adds dispatch, the experts and the combine.
+//
+// The statistics and the capacity are properties of the whole micro-batch (MODEL.md 1, 4): when
+// its tokens are spread over several ranks (context pieces, tensor-parallel token split), the
+// routing of each rank's rows is local but the sums behind f_e, P_e, aux, z and N are all-reduced
+// over the group holding the micro-batch (tp_cp) and the capacity keep decision is taken on the
+// gathered micro-batch in global token order, so every rank gets one rank's numbers.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "layers/layer.h"
+#include "parallel/communicator.h"
 
 namespace linmoe {
 
@@ -22,15 +29,26 @@ struct MoeRouting {
   std::vector<double> mean_prob;  // [E] P_e = (1/N) Σ_t p_{t,e}
   double aux = 0.0;               // E · Σ_e f_e P_e
   double z = 0.0;                 // (1/N) Σ_t lse_t²
+  double tokens = 0.0;            // N of the whole micro-batch (all ranks of the group)
 };
 
-// x: [N, D] in the activation dtype. Fills every field of MoeRouting.
-MoeRouting moe_route(LayerContext& ctx, const MoeConfig& cfg, int router_param, const Tensor& x);
+// Where the routed rows sit in their micro-batch. The default (no group): x holds all of it, in
+// token order.
+struct MoeTokenShard {
+  Communicator* group = nullptr;  // the ranks holding the micro-batch's tokens (tp_cp)
+  std::vector<std::int64_t>
+      token_index;  // [N] global n = b·T + t of each local row (capacity ties)
+};
+
+// x: [N, D] in the activation dtype. Fills every field of MoeRouting. With a shard group this is
+// collective over it (every member calls it, with any N ≥ 0 of its own).
+MoeRouting moe_route(LayerContext& ctx, const MoeConfig& cfg, int router_param, const Tensor& x,
+                     const MoeTokenShard& shard = MoeTokenShard{});
 
 // Router backward given the combine weights' gradient d_weights [N, k] (activation dtype; zero for
 // dropped slots): through the top-k selection (and renormalisation) to p, plus the aux and z loss
-// gradients scaled by ctx.loss_scale × their coefficients, through the softmax to the logits,
-// then dx += dlogits · router and d router += dlogitsᵀ x.
+// gradients scaled by ctx.loss_scale × their coefficients (with the micro-batch's N and f_e),
+// through the softmax to the logits, then dx += dlogits · router and d router += dlogitsᵀ x.
 void moe_route_backward(LayerContext& ctx, const MoeConfig& cfg, int router_param, const Tensor& x,
                         const MoeRouting& r, const Tensor& d_weights, const Tensor& dx);
 
