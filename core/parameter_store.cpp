@@ -30,15 +30,36 @@ int ParameterStore::add(ParamSpec spec) {
   return i;
 }
 
+void ParameterStore::end_region(std::int64_t multiple) {
+  LINMOE_CHECK(offsets_.empty(), "ParameterStore::end_region after allocate");
+  LINMOE_CHECK(multiple >= 1, "region multiple ", multiple);
+  region_marks_.emplace_back(static_cast<int>(specs_.size()), multiple);
+}
+
 void ParameterStore::allocate(Allocator& allocator, DType param_dtype, DType grad_dtype) {
   LINMOE_CHECK(offsets_.empty(), "parameter store allocated twice");
   param_dtype_ = param_dtype;
   grad_dtype_ = grad_dtype;
   constexpr std::int64_t kAlignElems = 64;  // every tensor starts on a 256-byte boundary (f32)
+  const int n_params = static_cast<int>(specs_.size());
+  if (region_marks_.empty() || region_marks_.back().first < n_params) {
+    region_marks_.emplace_back(n_params, 1);
+  }
   std::int64_t off = 0;
-  for (const ParamSpec& s : specs_) {
-    offsets_.push_back(off);
-    off += (s.shape.numel() + kAlignElems - 1) / kAlignElems * kAlignElems;
+  int i = 0;
+  for (const auto& [end, multiple] : region_marks_) {
+    Region r;
+    r.begin = off;
+    r.first = i;
+    for (; i < end; ++i) {
+      offsets_.push_back(off);
+      off += (specs_[static_cast<std::size_t>(i)].shape.numel() + kAlignElems - 1) / kAlignElems *
+             kAlignElems;
+    }
+    off = r.begin + (off - r.begin + multiple - 1) / multiple * multiple;
+    r.end = off;
+    r.last = end;
+    if (r.last > r.first) regions_.push_back(r);
   }
   padded_numel_ = off;
   auto n = static_cast<std::size_t>(off);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/memory.h"
@@ -26,6 +27,16 @@ ParamSpec whole_param(std::string name, const Shape& shape);
 class ParameterStore {
  public:
   int add(ParamSpec spec);  // returns the parameter's index
+  // Closes a region: the parameters added since the previous region (or the start) occupy a
+  // flat range whose length allocate() pads to a multiple of `multiple` elements, so that a
+  // collective can split it into equal blocks (ZeRO's reduce-scatter over the region's data-
+  // parallel group). Parameters not in a closed region form a last region of their own.
+  void end_region(std::int64_t multiple);
+  struct Region {
+    std::int64_t begin = 0, end = 0;  // flat element range (end − begin: a multiple of multiple)
+    int first = 0, last = 0;          // parameter indices [first, last)
+  };
+  const std::vector<Region>& regions() const { return regions_; }
   // Allocates the flat parameter and gradient buffers; no add() afterwards.
   void allocate(Allocator& allocator, DType param_dtype, DType grad_dtype);
   bool allocated() const { return !offsets_.empty() || specs_.empty(); }
@@ -46,6 +57,8 @@ class ParameterStore {
   std::vector<ParamSpec> specs_;
   std::unordered_map<std::string, int> by_name_;
   std::vector<std::int64_t> offsets_;  // element offset of each parameter in the flat buffers
+  std::vector<std::pair<int, std::int64_t>> region_marks_;  // (end parameter index, multiple)
+  std::vector<Region> regions_;
   std::int64_t padded_numel_ = 0;
   Buffer params_, grads_;
   DType param_dtype_ = DType::f32, grad_dtype_ = DType::f32;

@@ -81,8 +81,8 @@ MemoryEstimate memory_per_rank(const Config& c) {
   const int dp = std::max(1, p.data), data_group = p.context * dp;
   const bool zero = c.optimizer.zero && data_group > 1;
   const double states = c.optimizer.type == OptimizerType::adamw ? 2.0
-                        : c.optimizer.momentum != 0                ? 1.0
-                                                                   : 0.0;
+                        : c.optimizer.momentum != 0              ? 1.0
+                                                                 : 0.0;
   const double whole_activations = static_cast<double>(Model::planned_activation_bytes(
       c.model, c.train.micro_batch_size, c.train.seq_len / p.context, DType::f32));
   const int micro_batches = std::max(1, p.micro_batches);
@@ -97,15 +97,13 @@ MemoryEstimate memory_per_rank(const Config& c) {
     e.weights = 4.0 * (dense + expert);
     e.gradients = e.weights;
     const double expert_group = static_cast<double>(data_group) / p.expert;
-    const double sharded = zero ? dense / data_group + expert / std::max(1.0, expert_group)
-                                : dense + expert;
+    const double sharded =
+        zero ? dense / data_group + expert / std::max(1.0, expert_group) : dense + expert;
     e.optimizer = 4.0 * states * sharded;
-    if (zero) e.gradients += e.weights;  // the reduce-scatter's staging copy
     const double layers = plan.last_layer() - plan.first_layer();
     const int in_flight = std::min(p.pipeline - stage, micro_batches);
-    e.activations =
-        whole_activations * (layers / std::max(1, c.model.num_layers)) / std::max(1, p.tensor) *
-        in_flight;
+    e.activations = whole_activations * (layers / std::max(1, c.model.num_layers)) /
+                    std::max(1, p.tensor) * in_flight;
     if (e.total() > best.total()) best = e;
   }
   return best;

@@ -39,11 +39,11 @@ struct Model::Slot {
   bool active = false, with_backward = false;
   std::int64_t B = 0, T = 0;
   double loss_scale = 1.0;
-  std::int64_t tokens_global = 0;       // B·T·cp: the loss is a mean over all of them
-  Tensor ids, tgt;                      // [N] i32 on the device
+  std::int64_t tokens_global = 0;  // B·T·cp: the loss is a mean over all of them
+  Tensor ids, tgt;                 // [N] i32 on the device
   std::vector<BlockActivations> blocks;
-  Tensor h_last;                        // [N, D] the last block's output
-  Tensor nf, rstd_f, logits, lse;       // the head (last stage)
+  Tensor h_last;                   // [N, D] the last block's output
+  Tensor nf, rstd_f, logits, lse;  // the head (last stage)
 };
 
 Model::Model(const ModelConfig& config, Backend& backend, DType dtype)
@@ -54,13 +54,25 @@ Model::Model(const ModelConfig& config, Backend& backend, DType dtype, const Sha
     : config_(config), backend_(backend), dtype_(dtype), plan_(plan), groups_(groups) {
   if (plan_.stage_layers.empty()) plan_ = one_rank_plan(config_);
   sharded_ = shard_parameters(config_, plan_);
-  for (const ShardedParam& p : sharded_) params_.add(p.spec);
+  // Two regions, dense then experts, each a multiple of 64 elements per rank of its data-
+  // parallel group, so ZeRO reduce-scatters them in place into equal, aligned shards.
+  const std::int64_t dense_group = groups_ ? groups_->dp_cp().size() : 1;
+  const std::int64_t expert_group = groups_ ? groups_->expert_dp().size() : 1;
+  bool in_experts = false;
+  for (const ShardedParam& p : sharded_) {
+    if (p.expert && !in_experts) {
+      params_.end_region(64 * dense_group);
+      in_experts = true;
+    }
+    params_.add(p.spec);
+  }
+  params_.end_region(64 * (in_experts ? expert_group : dense_group));
   params_.allocate(backend_.allocator(), dtype_, dtype_);
   if (plan_.first_stage() || config_.tie_embeddings) embed_ = params_.find("embed.weight");
   if (plan_.last_stage()) {
     final_norm_ = params_.index("final_norm.weight");
-    lm_head_ = config_.tie_embeddings ? params_.index("embed.weight")
-                                      : params_.index("lm_head.weight");
+    lm_head_ =
+        config_.tie_embeddings ? params_.index("embed.weight") : params_.index("lm_head.weight");
   }
   for (int i = plan_.first_layer(); i < plan_.last_layer(); ++i) {
     auto b = std::make_unique<Block>();
@@ -164,8 +176,7 @@ MicroBatchLosses Model::forward(const Tensor& tokens, const Tensor& targets) {
 }
 
 Model::StageOutput Model::stage_forward(int slot, const Tensor& tokens, const Tensor& targets,
-                                        const Tensor& h_in, bool with_backward,
-                                        double loss_scale) {
+                                        const Tensor& h_in, bool with_backward, double loss_scale) {
   LINMOE_CHECK(tokens.ndim() == 2 && tokens.dtype == DType::i32, "tokens must be [B, T] i32, got ",
                tokens.str());
   check_shape(targets, tokens.shape, "model", "targets");

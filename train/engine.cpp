@@ -29,14 +29,13 @@ ShardingPlan plan_for(const Config& cfg, const ProcessGroups* groups) {
 // group: the dense parameters (dp·cp) or the routed experts (expert-dp).
 struct Engine::Region {
   std::string name;
-  i64 begin = 0, end = 0;        // flat range in the store
-  Communicator* group = nullptr;  // null or size 1: nothing to reduce
-  bool zero = false;              // reduce-scatter + sharded update + all-gather
-  i64 chunk = 0;                  // ⌈(end − begin) / group size⌉ with ZeRO
+  i64 begin = 0, end = 0;          // flat range in the store
+  Communicator* group = nullptr;   // null or size 1: nothing to reduce
+  bool zero = false;               // reduce-scatter + sharded update + all-gather
+  i64 chunk = 0;                   // (end − begin) / group size with ZeRO
   i64 opt_begin = 0, opt_end = 0;  // what this rank updates: its shard, or the whole region
   std::unique_ptr<Optimizer> optimizer;
-  Buffer staging;  // [group size · chunk] (ZeRO)
-  Buffer shard;    // [chunk] (ZeRO)
+  Buffer shard;  // [chunk] (ZeRO): a collective's buffers must not overlap
 
   i64 length() const { return end - begin; }
   int group_size() const { return group ? group->size() : 1; }
@@ -45,46 +44,40 @@ struct Engine::Region {
 
 Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
     : cfg_(cfg), backend_(backend), groups_(groups) {
-  model_ = std::make_unique<Model>(cfg_.model, backend_, DType::f32, plan_for(cfg_, groups_),
-                                   groups_);
+  model_ =
+      std::make_unique<Model>(cfg_.model, backend_, DType::f32, plan_for(cfg_, groups_), groups_);
   model_->initialize(cfg_.run.seed);
   const ParameterStore& params = model_->params();
   const std::vector<ShardedParam>& sharded = model_->sharded_params();
 
-  // The dense region ends where the first expert parameter starts (shard_parameters orders them).
-  i64 split = params.padded_numel();
-  for (std::size_t i = 0; i < sharded.size(); ++i) {
-    if (sharded[i].expert) {
-      split = params.offset_of(static_cast<int>(i));
-      break;
-    }
-  }
-  auto add_region = [&](const std::string& name, i64 begin, i64 end, Communicator* group) {
-    if (end <= begin) return;
+  // The store's regions (layers/model.cpp): dense parameters, then the routed experts, each
+  // padded to a multiple of its data-parallel group's size.
+  for (const ParameterStore::Region& pr : params.regions()) {
+    const bool expert = sharded[static_cast<std::size_t>(pr.first)].expert;
+    Communicator* group = nullptr;
+    if (groups_) group = expert ? &groups_->expert_dp() : &groups_->dp_cp();
     auto r = std::make_unique<Region>();
-    r->name = name;
-    r->begin = begin;
-    r->end = end;
+    r->name = expert ? "expert" : "dense";
+    r->begin = pr.begin;
+    r->end = pr.end;
     r->group = group && group->size() > 1 ? group : nullptr;
     r->zero = cfg_.optimizer.zero && r->group != nullptr;
-    r->opt_begin = begin;
-    r->opt_end = end;
+    r->opt_begin = r->begin;
+    r->opt_end = r->end;
     if (r->zero) {
       const int g = r->group_size();
-      r->chunk = (r->length() + g - 1) / g;
-      r->opt_begin = std::min(end, begin + r->group_rank() * r->chunk);
-      r->opt_end = std::min(end, r->opt_begin + r->chunk);
-      const std::size_t bytes = static_cast<std::size_t>(r->chunk) * sizeof(float);
-      r->staging = Buffer(backend_.allocator(), bytes * static_cast<std::size_t>(g),
-                          "zero staging (" + name + ")");
-      r->shard = Buffer(backend_.allocator(), bytes, "zero shard (" + name + ")");
+      LINMOE_CHECK(r->length() % g == 0, "region ", r->name, " of ", r->length(),
+                   " values does not split over ", g, " ranks");
+      r->chunk = r->length() / g;
+      r->opt_begin = r->begin + r->group_rank() * r->chunk;
+      r->opt_end = r->opt_begin + r->chunk;
+      r->shard = Buffer(backend_.allocator(), static_cast<std::size_t>(r->chunk) * sizeof(float),
+                        "zero shard (" + r->name + ")");
     }
     r->optimizer =
         std::make_unique<Optimizer>(cfg_.optimizer, backend_, params, r->opt_begin, r->opt_end);
     regions_.push_back(std::move(r));
-  };
-  add_region("dense", 0, split, groups_ ? &groups_->dp_cp() : nullptr);
-  add_region("expert", split, params.padded_numel(), groups_ ? &groups_->expert_dp() : nullptr);
+  }
 
   // MoE rows of the step's expert-load table: one per layer of the whole model.
   moe_layer_index_.assign(static_cast<std::size_t>(cfg_.model.num_layers), -1);
@@ -223,15 +216,10 @@ void Engine::reduce_gradients() {
       r->group->all_reduce(region);
       continue;
     }
-    // Reduce-scatter through a padded staging copy: rank k receives the sum of block k.
-    const int g = r->group_size();
-    const Tensor staging = r->staging.view(DType::f32, Shape{g * r->chunk});
+    // Reduce-scatter: rank k of the group receives the sum of block k, its shard.
     const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
-    backend_.fill(staging.slice(0, r->length(), g * r->chunk - r->length()), 0.0);
-    backend_.copy(region, staging.slice(0, 0, r->length()));
-    r->group->reduce_scatter(staging, shard);
-    const i64 n = r->opt_end - r->opt_begin;
-    if (n > 0) backend_.copy(shard.slice(0, 0, n), flat.slice(0, r->opt_begin, n));
+    r->group->reduce_scatter(region, shard);
+    backend_.copy(shard, flat.slice(0, r->opt_begin, r->chunk));
   }
 }
 
@@ -314,10 +302,10 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
         break;
       }
     }
-    throw UserError(str_cat("step ", step, ": the loss is ", r.loss, " and the gradient norm ",
-                            r.grad_norm, "; first non-finite gradient: ", first,
-                            " (lower optimizer.lr or check the data)"),
-                    true, 3);
+    throw UserError(
+        str_cat("step ", step, ": the loss is ", r.loss, " and the gradient norm ", r.grad_norm,
+                "; first non-finite gradient: ", first, " (lower optimizer.lr or check the data)"),
+        true, 3);
   }
   const double clip = cfg_.optimizer.grad_clip;
   const Tensor flat = params.flat_grads();
@@ -332,14 +320,9 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
   const Tensor weights = params.flat_params();
   for (auto& reg : regions_) {
     if (!reg->zero) continue;
-    const int g = reg->group_size();
-    const Tensor staging = reg->staging.view(DType::f32, Shape{g * reg->chunk});
     const Tensor shard = reg->shard.view(DType::f32, Shape{reg->chunk});
-    const i64 n = reg->opt_end - reg->opt_begin;
-    backend_.fill(shard, 0.0);
-    if (n > 0) backend_.copy(weights.slice(0, reg->opt_begin, n), shard.slice(0, 0, n));
-    reg->group->all_gather(shard, staging);
-    backend_.copy(staging.slice(0, 0, reg->length()), weights.slice(0, reg->begin, reg->length()));
+    backend_.copy(weights.slice(0, reg->opt_begin, reg->chunk), shard);
+    reg->group->all_gather(shard, weights.slice(0, reg->begin, reg->length()));
   }
   return r;
 }
@@ -380,6 +363,8 @@ std::vector<std::string> Engine::optimizer_state_names() const {
   return regions_.empty() ? std::vector<std::string>{} : regions_.front()->optimizer->state_names();
 }
 
+// (MPI gathers straight into the host vector; a device communicator will stage through the
+// shard buffer's device memory.)
 std::vector<std::vector<float>> Engine::gather_optimizer_state() {
   const ParameterStore& params = model_->params();
   std::vector<std::vector<float>> out;
@@ -388,17 +373,14 @@ std::vector<std::vector<float>> Engine::gather_optimizer_state() {
     const Tensor host(full.data(), DType::f32, Device::cpu, Shape{params.padded_numel()});
     for (auto& r : regions_) {
       const Tensor st = r->optimizer->state(name);  // [opt_end − opt_begin]
+      const Tensor host_region = host.slice(0, r->begin, r->length());
       if (!r->zero) {
-        backend_.copy(st, host.slice(0, r->begin, r->length()));
+        backend_.copy(st, host_region);
         continue;
       }
-      const int g = r->group_size();
-      const Tensor staging = r->staging.view(DType::f32, Shape{g * r->chunk});
       const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
-      backend_.fill(shard, 0.0);
-      if (st.numel() > 0) backend_.copy(st, shard.slice(0, 0, st.numel()));
-      r->group->all_gather(shard, staging);
-      backend_.copy(staging.slice(0, 0, r->length()), host.slice(0, r->begin, r->length()));
+      backend_.copy(st, shard);
+      r->group->all_gather(shard, host_region);
     }
     out.push_back(std::move(full));
   }
