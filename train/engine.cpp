@@ -328,35 +328,38 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
 }
 
 double Engine::evaluate(const std::function<Batch()>& next, int n) {
+  // n micro-batches in all, whatever the layout: replica r's i-th is micro-batch i·dp + r. Every
+  // replica runs ⌈n/dp⌉ (expert parallelism spans replicas, so all take part in each round);
+  // those past n are run but not counted.
+  const int dp = groups_ ? groups_->layout().dp : 1;
+  const int r = groups_ ? groups_->coords().dp_rank : 0;
+  const int rounds = (n + dp - 1) / dp;
   double sum = 0;
-  if (!groups_ || groups_->layout().pp == 1) {
-    for (int i = 0; i < n; ++i) {
-      Batch b = next();
-      sum += model_->forward(b.tokens, b.targets).lm_loss;
-    }
-  } else {
-    // Forward-only pipeline: each stage receives, runs and passes on, micro-batch by micro-batch.
-    const Layout& layout = groups_->layout();
-    const int s = groups_->coords().pp_rank;
-    const bool first = s == 0, last = s == layout.pp - 1;
-    const i64 N = i64{cfg_.train.micro_batch_size} * (cfg_.train.seq_len / layout.cp);
-    Buffer in_buf(backend_.allocator(),
-                  static_cast<std::size_t>(N * cfg_.model.hidden_size) * sizeof(float),
-                  "pipeline input");
-    const Tensor h_in = in_buf.view(DType::f32, Shape{N, cfg_.model.hidden_size});
-    for (int i = 0; i < n; ++i) {
-      Batch b = next();
-      if (!first) groups_->pp().recv(h_in, s - 1, kActivationTag);
-      Model::StageOutput o =
-          model_->stage_forward(0, b.tokens, b.targets, first ? Tensor{} : h_in, false, 1.0);
-      if (!last) groups_->pp().send(o.h, s + 1, kActivationTag);
-      sum += o.losses.lm_loss;
-    }
+  const bool pipelined = groups_ && groups_->layout().pp > 1;
+  const int s = pipelined ? groups_->coords().pp_rank : 0;
+  const bool first = s == 0, last = !pipelined || s == groups_->layout().pp - 1;
+  const i64 N = i64{cfg_.train.micro_batch_size} *
+                (cfg_.train.seq_len / (groups_ ? groups_->layout().cp : 1));
+  Buffer in_buf;
+  Tensor h_in;
+  if (pipelined && !first) {
+    in_buf = Buffer(backend_.allocator(),
+                    static_cast<std::size_t>(N * cfg_.model.hidden_size) * sizeof(float),
+                    "pipeline input");
+    h_in = in_buf.view(DType::f32, Shape{N, cfg_.model.hidden_size});
+  }
+  for (int i = 0; i < rounds; ++i) {
+    Batch b = next();
+    // Forward only; a pipeline stage receives, runs and passes on, micro-batch by micro-batch.
+    if (!first) groups_->pp().recv(h_in, s - 1, kActivationTag);
+    Model::StageOutput o = model_->stage_forward(0, b.tokens, b.targets, h_in, false, 1.0);
+    if (!last) groups_->pp().send(o.h, s + 1, kActivationTag);
+    if (i * dp + r < n) sum += o.losses.lm_loss;
   }
   if (!groups_) return sum / n;
   const Coordinates& c = groups_->coords();
   const bool loss_rank = c.tp_rank == 0 && c.cp_rank == 0 && model_->plan().last_stage();
-  return groups_->world().all_reduce_sum(loss_rank ? sum : 0.0) / (n * groups_->layout().dp);
+  return groups_->world().all_reduce_sum(loss_rank ? sum : 0.0) / n;
 }
 
 std::vector<std::string> Engine::optimizer_state_names() const {

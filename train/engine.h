@@ -49,7 +49,8 @@ class Engine {
   // scheduled learning rate, step counts from 1. UserError (collective, exit 3) when the loss or
   // the gradient is not finite.
   StepResult step(const std::function<Batch()>& next, double lr, std::int64_t step);
-  // Mean lm loss over n micro-batches of every replica (forward only; collective).
+  // Mean lm loss over n micro-batches in all (replica r takes r, r + dp, ...; forward only;
+  // collective), so every layout evaluates the same tokens.
   double evaluate(const std::function<Batch()>& next, int n);
 
   // The optimizer's state tensors by name ("exp_avg", ...), each as the whole store's flat
