@@ -26,8 +26,9 @@ struct MemoryEstimate {
 };
 // The busiest rank of the layout in c.parallel (the pipeline stage with the most): its slices
 // of the fp32 master weights and gradients (layers/sharding.h), AdamW's two moments (SGD: one
-// buffer, or none) divided over the ZeRO shards, and the activation plan of the stage's layers for one micro-batch of T/cp tokens times the
-// micro-batches 1F1B keeps in flight (min(pp − stage, micro-batches)).
+// buffer, or none) divided over the ZeRO shards, and the activation plan of the stage's layers for
+// one micro-batch of T/cp tokens times the micro-batches 1F1B keeps in flight (min(pp − stage,
+// micro-batches)).
 MemoryEstimate memory_per_rank(const Config& c);
 
 }  // namespace linmoe

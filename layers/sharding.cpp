@@ -6,7 +6,8 @@ namespace linmoe {
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 enum class Split { none, rows, columns };
@@ -22,7 +23,8 @@ Split tp_split(const ModelParam& p, const ModelConfig& m, bool* partial) {
     *partial = true;  // the MoE block splits tokens, not weights, over tp
     return Split::none;
   }
-  if (p.role == ParamRole::dense_ffn) return ends_with(n, "w2.weight") ? Split::columns : Split::rows;
+  if (p.role == ParamRole::dense_ffn)
+    return ends_with(n, "w2.weight") ? Split::columns : Split::rows;
   if (p.layer < 0 || n.find(".mixer.") == std::string::npos) return Split::none;  // block norms
   if (ends_with(n, "o_proj.weight")) return Split::columns;
   if (ends_with(n, "o_norm.weight") || ends_with(n, "gk_proj.0.weight")) {
@@ -75,9 +77,10 @@ ShardingPlan make_sharding_plan(const Config& cfg, int tp_rank, int ep_rank, int
   }
   for (int s : plan.stage_layers) {
     if (s < 1) {
-      throw UserError(str_cat("config: parallel.pipeline_layers: every stage needs at least one "
-                              "layer, got ",
-                              s));
+      throw UserError(
+          str_cat("config: parallel.pipeline_layers: every stage needs at least one "
+                  "layer, got ",
+                  s));
     }
   }
   return plan;

@@ -273,8 +273,8 @@ void MpiCommunicator::do_send_recv(const void* send, std::int64_t send_count, in
                                    recv_peer, recv_tag, comm_, &rr));
       }
       if (sn > 0) {
-        LINMOE_MPI_CHECK(MPI_Send(static_cast<const char*>(send) + s_off * es, sn,
-                                  mpi_type(dtype), send_peer, send_tag, comm_));
+        LINMOE_MPI_CHECK(MPI_Send(static_cast<const char*>(send) + s_off * es, sn, mpi_type(dtype),
+                                  send_peer, send_tag, comm_));
       }
       if (rn > 0) LINMOE_MPI_CHECK(MPI_Wait(&rr, MPI_STATUS_IGNORE));
       s_off += sn;

@@ -479,9 +479,9 @@ void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Ba
                    params.param(static_cast<int>(i)));
   }
   for (const auto& [name, pieces] : index) {
-    const bool known =
-        model_names ? std::find(model_names->begin(), model_names->end(), name) != model_names->end()
-                    : params.find(name) >= 0;
+    const bool known = model_names ? std::find(model_names->begin(), model_names->end(), name) !=
+                                         model_names->end()
+                                   : params.find(name) >= 0;
     if (!known) {
       throw UserError(str_cat("checkpoint ", ckpt.dir, " does not match the model: it has tensor '",
                               name, "' ", shape_text(pieces.front().global_shape),

@@ -64,9 +64,10 @@ SnapshotPart own_part(Engine& engine, Backend& backend,
   backend.copy(params.flat_params(),
                Tensor(all.data(), DType::f32, Device::cpu, Shape{params.padded_numel()}));
   backend.synchronize();
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    const int id = static_cast<int>(i);
-    if (!engine.owns(id)) continue;
+  // In MODEL.md's order (the store keeps the experts last), as one rank's files always were.
+  for (const ModelParam& mp : model_parameters(engine.config().model)) {
+    const int id = params.find(mp.name);
+    if (id < 0 || !engine.owns(id)) continue;
     const ParamSpec& s = params.spec(id);
     const i64 n = s.shape.numel(), at = params.offset_of(id);
     part.weights.push_back({s.name, shape_vector(s.shape), shape_vector(s.global_shape), s.offset,
@@ -92,8 +93,8 @@ void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
   out.parts.clear();
   const int rank = world ? world->rank() : 0;
   if (rank != 0) {
-    const std::string index = dump_json(index_of(mine.weights)) + "\n" +
-                              dump_json(index_of(mine.states));
+    const std::string index =
+        dump_json(index_of(mine.weights)) + "\n" + dump_json(index_of(mine.states));
     std::vector<i64> header{static_cast<i64>(index.size()), static_cast<i64>(mine.params.size()),
                             static_cast<i64>(mine.optimizer_state.size())};
     world->send(header.data(), 3, DType::i64, 0, kHeaderTag);

@@ -69,9 +69,9 @@ struct Trainer::State {
   std::unique_ptr<DataLoader> train_data;
   std::unique_ptr<MetricsWriter> metrics;  // rank 0
   double flops_per_token = 0;
-  bool loaded = false;               // load_checkpoint() ran
-  std::int64_t start_step = 0;       // the loaded checkpoint's step
-  std::int64_t tokens_at_start = 0;  // and its token count
+  bool loaded = false;                       // load_checkpoint() ran
+  std::int64_t start_step = 0;               // the loaded checkpoint's step
+  std::int64_t tokens_at_start = 0;          // and its token count
   std::unique_ptr<CheckpointWriter> writer;  // rank 0
   State(const Config& c, Runtime& r) : cfg(c), rt(r) {}
   Communicator* world() { return groups ? &groups->world() : nullptr; }
@@ -105,8 +105,7 @@ Trainer::Trainer(const Config& config, Runtime& runtime)
   s_->train_data = std::make_unique<DataLoader>(c, Split::train, s_->dp_rank(), layout.dp,
                                                 s_->cp_rank(), layout.cp);
   if (s_->root()) {
-    s_->metrics =
-        std::make_unique<MetricsWriter>(c.run.output_dir + "/" + c.logging.metrics_file);
+    s_->metrics = std::make_unique<MetricsWriter>(c.run.output_dir + "/" + c.logging.metrics_file);
   }
   s_->flops_per_token = total_flops_per_token(c.model, c.train.seq_len);
 }

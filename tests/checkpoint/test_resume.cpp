@@ -20,6 +20,7 @@
 #include "core/json.h"
 #include "kernels/ops.h"
 #include "layers/model.h"
+#include "layers/model_spec.h"
 #include "parallel/runtime.h"
 #include "train/checkpoint.h"
 #include "train/safetensors.h"
@@ -316,7 +317,9 @@ TEST_CASE("convert: one consolidated file, read back by independent parsers", "[
   CHECK(entries == params.size());
   std::ofstream manifest(out + "/manifest.txt");
   std::ofstream raw(out + "/expected.bin", std::ios::binary);
-  for (std::size_t i = 0; i < params.size(); ++i) {
+  // In MODEL.md's order, which `linmoe convert` writes (the store keeps experts last).
+  for (const ModelParam& mp : model_parameters(cfg.model)) {
+    const std::size_t i = static_cast<std::size_t>(params.index(mp.name));
     const ParamSpec& spec = params.spec(static_cast<int>(i));
     INFO(spec.name);
     const std::size_t at = header.find("\"" + spec.name + "\":{");

@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
     std::string worst_w_name, worst_s_name;
     for (const ModelParam& p : model_parameters(cfg.model)) {
       const std::vector<std::int64_t> shape = p.shape.to_vector();
-      const double e = tensor_error(assemble_tensor(*ca, p.name, shape),
-                                    assemble_tensor(*cb, p.name, shape));
+      const double e =
+          tensor_error(assemble_tensor(*ca, p.name, shape), assemble_tensor(*cb, p.name, shape));
       if (e > worst_w || worst_w_name.empty()) {
         worst_w = e;
         worst_w_name = p.name;
