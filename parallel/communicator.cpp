@@ -2,7 +2,80 @@
 
 #include <utility>
 
+#include "core/check.h"
+#include "core/log.h"
+
 namespace linmoe {
+
+const char* comm_op_name(CommOp op) {
+  switch (op) {
+    case CommOp::all_reduce:
+      return "all_reduce";
+    case CommOp::reduce_scatter:
+      return "reduce_scatter";
+    case CommOp::all_gather:
+      return "all_gather";
+    case CommOp::all_to_all_v:
+      return "all_to_all_v";
+    case CommOp::send:
+      return "send";
+    case CommOp::recv:
+      return "recv";
+    case CommOp::send_recv:
+      return "send_recv";
+    case CommOp::broadcast:
+      return "broadcast";
+    case CommOp::host:
+      return "host";
+  }
+  return "?";
+}
+
+std::int64_t CommTraffic::bytes_out() const {
+  std::int64_t n = 0;
+  for (int i = 0; i < kNumCommOps; ++i) {
+    if (static_cast<CommOp>(i) != CommOp::host) n += ops[static_cast<std::size_t>(i)].bytes_out;
+  }
+  return n;
+}
+
+std::int64_t CommTraffic::bytes_in() const {
+  std::int64_t n = 0;
+  for (int i = 0; i < kNumCommOps; ++i) {
+    if (static_cast<CommOp>(i) != CommOp::host) n += ops[static_cast<std::size_t>(i)].bytes_in;
+  }
+  return n;
+}
+
+std::int64_t CommTraffic::calls() const {
+  std::int64_t n = 0;
+  for (int i = 0; i < kNumCommOps; ++i) {
+    if (static_cast<CommOp>(i) != CommOp::host) n += ops[static_cast<std::size_t>(i)].calls;
+  }
+  return n;
+}
+
+CommTraffic CommTraffic::operator-(const CommTraffic& b) const {
+  CommTraffic d;
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    d.ops[i].calls = ops[i].calls - b.ops[i].calls;
+    d.ops[i].bytes_out = ops[i].bytes_out - b.ops[i].bytes_out;
+    d.ops[i].bytes_in = ops[i].bytes_in - b.ops[i].bytes_in;
+  }
+  return d;
+}
+
+std::string CommTraffic::str() const {
+  std::string s;
+  for (int i = 0; i < kNumCommOps; ++i) {
+    const CommOpTraffic& t = ops[static_cast<std::size_t>(i)];
+    if (t.calls == 0) continue;
+    s += str_cat(comm_op_name(static_cast<CommOp>(i)), " ", t.calls, " calls, ",
+                 format_bytes(double(t.bytes_out)), " out, ", format_bytes(double(t.bytes_in)),
+                 " in\n");
+  }
+  return s;
+}
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
@@ -38,6 +111,8 @@ void Communicator::check_peer(int peer, const char* op) const {
 
 void Communicator::all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) {
   LINMOE_CHECK(count >= 0 && (data || count == 0), "all_reduce on ", name_, ": count ", count);
+  const std::int64_t bytes = count * static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::all_reduce, bytes, bytes);
   if (count > 0) do_all_reduce(data, count, dtype, op);
 }
 
@@ -45,12 +120,16 @@ void Communicator::reduce_scatter(const void* in, void* out, std::int64_t count,
                                   ReduceOp op) {
   LINMOE_CHECK(count >= 0 && ((in && out) || count == 0), "reduce_scatter on ", name_, ": count ",
                count);
+  const std::int64_t bytes = count * static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::reduce_scatter, bytes * size_, bytes);
   if (count > 0) do_reduce_scatter(in, out, count, dtype, op);
 }
 
 void Communicator::all_gather(const void* in, void* out, std::int64_t count, DType dtype) {
   LINMOE_CHECK(count >= 0 && ((in && out) || count == 0), "all_gather on ", name_, ": count ",
                count);
+  const std::int64_t bytes = count * static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::all_gather, bytes, bytes * size_);
   if (count > 0) do_all_gather(in, out, count, dtype);
 }
 
@@ -69,6 +148,14 @@ void Communicator::all_to_all_v(const void* send, const std::vector<std::int64_t
     LINMOE_CHECK((send || send_counts[q] == 0) && (recv || recv_counts[q] == 0), "all_to_all_v on ",
                  name_, ": null buffer with a non-zero count for rank ", q);
   }
+  std::int64_t out = 0, in = 0;
+  for (std::size_t q = 0; q < n; ++q) {
+    if (static_cast<int>(q) == rank_) continue;  // the block to itself is a local copy
+    out += send_counts[q];
+    in += recv_counts[q];
+  }
+  const auto es = static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::all_to_all_v, out * es, in * es);
   // Collective even when this rank moves nothing: other ranks may still send to it.
   do_all_to_all_v(send, send_counts.data(), send_displs.data(), recv, recv_counts.data(),
                   recv_displs.data(), dtype);
@@ -78,6 +165,7 @@ void Communicator::send(const void* data, std::int64_t count, DType dtype, int p
   check_peer(peer, "send");
   LINMOE_CHECK(count >= 0 && (data || count == 0) && tag >= 0 && tag <= kMaxTag, "send on ", name_,
                ": count ", count, ", tag ", tag);
+  record(CommOp::send, count * static_cast<std::int64_t>(dtype_size(dtype)), 0);
   do_send(data, count, dtype, peer, tag);
 }
 
@@ -85,6 +173,7 @@ void Communicator::recv(void* data, std::int64_t count, DType dtype, int peer, i
   check_peer(peer, "recv");
   LINMOE_CHECK(count >= 0 && (data || count == 0) && tag >= 0 && tag <= kMaxTag, "recv on ", name_,
                ": count ", count, ", tag ", tag);
+  record(CommOp::recv, 0, count * static_cast<std::int64_t>(dtype_size(dtype)));
   do_recv(data, count, dtype, peer, tag);
 }
 
@@ -96,18 +185,22 @@ void Communicator::send_recv(const void* send, std::int64_t send_count, int send
   LINMOE_CHECK(send_count >= 0 && recv_count >= 0 && (send || send_count == 0) &&
                    (recv || recv_count == 0) && send_tag >= 0 && send_tag <= kMaxTag &&
                    recv_tag >= 0 && recv_tag <= kMaxTag,
-               "send_recv on ", name_, ": counts ", send_count, "/", recv_count, ", tags ", send_tag,
-               "/", recv_tag);
+               "send_recv on ", name_, ": counts ", send_count, "/", recv_count, ", tags ",
+               send_tag, "/", recv_tag);
+  const auto es = static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::send_recv, send_peer >= 0 ? send_count * es : 0,
+         recv_peer >= 0 ? recv_count * es : 0);
   if (send_peer < 0 && recv_peer < 0) return;
   if (recv_peer < 0) return do_send(send, send_count, dtype, send_peer, send_tag);
   if (send_peer < 0) return do_recv(recv, recv_count, dtype, recv_peer, recv_tag);
-  do_send_recv(send, send_count, send_peer, recv, recv_count, recv_peer, dtype, send_tag,
-               recv_tag);
+  do_send_recv(send, send_count, send_peer, recv, recv_count, recv_peer, dtype, send_tag, recv_tag);
 }
 
 void Communicator::broadcast(void* data, std::int64_t count, DType dtype, int root) {
   check_peer(root, "broadcast");
   LINMOE_CHECK(count >= 0 && (data || count == 0), "broadcast on ", name_, ": count ", count);
+  const std::int64_t bytes = count * static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::broadcast, rank_ == root ? bytes : 0, rank_ == root ? 0 : bytes);
   if (count > 0) do_broadcast(data, count, dtype, root);
 }
 
@@ -192,37 +285,44 @@ void Communicator::broadcast(const Tensor& t, int root) {
 // ---- host scalars -------------------------------------------------------------------------------
 
 void Communicator::all_reduce_sum(std::vector<double>& v) {
-  if (!v.empty()) do_host_all_reduce(v.data(), static_cast<std::int64_t>(v.size()), DType::f64,
-                                     ReduceOp::sum);
+  const auto n = static_cast<std::int64_t>(v.size());
+  record(CommOp::host, n * 8, n * 8);
+  if (!v.empty()) do_host_all_reduce(v.data(), n, DType::f64, ReduceOp::sum);
 }
 
 double Communicator::all_reduce_sum(double v) {
+  record(CommOp::host, 8, 8);
   do_host_all_reduce(&v, 1, DType::f64, ReduceOp::sum);
   return v;
 }
 
 double Communicator::all_reduce_max(double v) {
+  record(CommOp::host, 8, 8);
   do_host_all_reduce(&v, 1, DType::f64, ReduceOp::max);
   return v;
 }
 
 double Communicator::all_reduce_min(double v) {
+  record(CommOp::host, 8, 8);
   do_host_all_reduce(&v, 1, DType::f64, ReduceOp::min);
   return v;
 }
 
 std::int64_t Communicator::all_reduce_sum_i64(std::int64_t v) {
+  record(CommOp::host, 8, 8);
   do_host_all_reduce(&v, 1, DType::i64, ReduceOp::sum);
   return v;
 }
 
 std::int64_t Communicator::all_reduce_max_i64(std::int64_t v) {
+  record(CommOp::host, 8, 8);
   do_host_all_reduce(&v, 1, DType::i64, ReduceOp::max);
   return v;
 }
 
 std::vector<std::int64_t> Communicator::all_gather(std::int64_t v) {
   std::vector<std::int64_t> out(static_cast<std::size_t>(size_));
+  record(CommOp::host, 8, 8 * static_cast<std::int64_t>(size_));
   do_host_all_gather(&v, out.data(), 1, DType::i64);
   return out;
 }

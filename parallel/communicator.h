@@ -10,6 +10,7 @@
 // then call the protected do_* hooks a backend implements (so a backend's overrides never hide the
 // Tensor overloads).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -24,6 +25,61 @@ const char* reduce_op_name(ReduceOp op);
 
 // Reductions of bf16 are done in f32: the backend widens the inputs, reduces in f32 and rounds
 // once at the end (spec/CONFIG.md: reductions are fp32). i32/i64 sums wrap like MPI's do.
+// Communication accounting: every public call below records, per operation kind, how many calls
+// this rank made and how many bytes it moved. The bytes are LOGICAL payloads (elements × dtype
+// size), independent of the algorithm the backend uses (a ring all-reduce puts about 2·(n−1)/n
+// of its buffer on the wire, a tree something else):
+//
+//   kind            bytes_out (what this rank hands in)      bytes_in (what it gets back)
+//   all_reduce      count                                    count
+//   reduce_scatter  size·count (its whole input)             count
+//   all_gather      count (its block)                        size·count
+//   all_to_all_v    Σ_{q≠rank} send_counts[q]                Σ_{q≠rank} recv_counts[q]
+//                   (the block to itself is a local copy and is not counted)
+//   send / recv     count / 0                                0 / count
+//   send_recv       send_count if send_peer ≥ 0              recv_count if recv_peer ≥ 0
+//   broadcast       count on the root, 0 elsewhere           count off the root, 0 on it
+//   host            the host-scalar helpers (all_reduce_sum/max/min, all_reduce_*_i64,
+//                   all_gather(int64)): trainer bookkeeping, kept apart from tensor traffic;
+//                   counted like all_reduce / all_gather
+//
+// A call with count 0 still counts as a call (all_to_all_v and send_recv are collective or paired
+// even when empty). barrier is not counted. The counters are plain integers: MPI is driven from
+// one thread (MPI_THREAD_FUNNELED), so no locks.
+enum class CommOp : std::uint8_t {
+  all_reduce,
+  reduce_scatter,
+  all_gather,
+  all_to_all_v,
+  send,
+  recv,
+  send_recv,
+  broadcast,
+  host,
+};
+constexpr int kNumCommOps = 9;
+const char* comm_op_name(CommOp op);
+
+struct CommOpTraffic {
+  std::int64_t calls = 0;
+  std::int64_t bytes_out = 0;  // see the table above
+  std::int64_t bytes_in = 0;
+};
+
+struct CommTraffic {
+  std::array<CommOpTraffic, kNumCommOps> ops{};
+  const CommOpTraffic& operator[](CommOp op) const { return ops[static_cast<std::size_t>(op)]; }
+  CommOpTraffic& operator[](CommOp op) { return ops[static_cast<std::size_t>(op)]; }
+  // Sums over every kind but `host` (tensor traffic only).
+  std::int64_t bytes_out() const;
+  std::int64_t bytes_in() const;
+  std::int64_t calls() const;
+  // Element-wise difference (a − b): the traffic between two snapshots.
+  CommTraffic operator-(const CommTraffic& b) const;
+  // One line per kind with calls: "all_gather 2 calls, 1.5 KiB out, 3.0 KiB in".
+  std::string str() const;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -36,6 +92,11 @@ class Communicator {
   const std::string& name() const { return name_; }
   // Where the buffers must live: host memory for MPI, device memory for NCCL.
   virtual Device device() const = 0;
+
+  // What this rank has moved through this communicator since construction or the last reset
+  // (the table above CommOp).
+  const CommTraffic& traffic() const { return traffic_; }
+  void reset_traffic() { traffic_ = CommTraffic{}; }
 
   // ---- raw buffers ---------------------------------------------------------------------------
   // data[count] on every rank  ->  data[i] = op over ranks of data[i], identical on every rank.
@@ -127,10 +188,17 @@ class Communicator {
  private:
   void check_tensor(const Tensor& t, const char* op, const char* arg) const;
   void check_peer(int peer, const char* op) const;
+  void record(CommOp op, std::int64_t out, std::int64_t in) {
+    CommOpTraffic& t = traffic_[op];
+    t.calls += 1;
+    t.bytes_out += out;
+    t.bytes_in += in;
+  }
 
   int rank_;
   int size_;
   std::string name_;
+  CommTraffic traffic_;
 };
 
 }  // namespace linmoe

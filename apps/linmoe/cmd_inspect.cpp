@@ -9,6 +9,7 @@
 #include "apps/linmoe/commands.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "layers/comm_cost.h"
 #include "layers/cost.h"
 #include "layers/model_spec.h"
 #include "parallel/process_groups.h"
@@ -83,7 +84,9 @@ void print_costs(const Config& c) {
               static_cast<long long>(T));
   const MemoryEstimate m = memory_per_rank(c);
   std::printf(
-      "\nmemory per rank (one rank holds the whole model until the parallel issue lands)\n");
+      "\nmemory per rank (the busiest pipeline stage: its slices, ZeRO shards, 1F1B's "
+      "micro-batches "
+      "in flight)\n");
   std::printf("  %-24s %12s\n", "fp32 weights", format_bytes(m.weights).c_str());
   std::printf("  %-24s %12s\n", "fp32 gradients", format_bytes(m.gradients).c_str());
   std::printf("  %-24s %12s\n", "optimizer state", format_bytes(m.optimizer).c_str());
@@ -91,6 +94,65 @@ void print_costs(const Config& c) {
               format_bytes(m.activations).c_str(), c.train.micro_batch_size,
               static_cast<long long>(T / c.parallel.context));
   std::printf("  %-24s %12s\n", "total", format_bytes(m.total()).c_str());
+}
+
+// What rank 0 moves per step, from the config and the layout alone (layers/comm_cost.h).
+void print_communication(const Config& c) {
+  const Layout layout = layout_from_config(c.parallel);
+  const Coordinates at = coordinates_of(layout, 0);
+  const int M = c.parallel.micro_batches;
+  std::vector<CommTerm> terms;
+  try {
+    terms = communication_terms(c, 0);
+  } catch (const UserError& e) {
+    std::printf("\ncommunication per step: not available for this layout: %s\n", e.what());
+    return;
+  }
+  std::printf(
+      "\ncommunication per step (rank 0's view: tp %d cp %d dp %d pp %d ep %d; micro-batch "
+      "[%d, %lld] on this rank, %d per step; fp32 = 4 bytes)\n",
+      at.tp_rank, at.cp_rank, at.dp_rank, at.pp_rank, at.ep_rank, c.train.micro_batch_size,
+      static_cast<long long>(c.train.seq_len / layout.cp), M);
+  if (terms.empty()) {
+    std::printf("  none: one rank\n");
+    return;
+  }
+  std::printf("  %-28s %-9s %-15s %6s %12s %12s %12s  %s\n", "source", "group", "collective",
+              "calls", "bytes/mb", "bytes/step", "in/step", "what");
+  bool any_expected = false;
+  for (const CommTerm& t : terms) {
+    std::string source = t.source;
+    if (t.layers > 1) source += " x" + std::to_string(t.layers);
+    const std::int64_t step = t.per_step ? t.bytes_out : t.bytes_out * M;
+    const std::int64_t calls = t.per_step ? t.calls : t.calls * M;
+    std::string mb = t.per_step ? "-" : format_bytes(double(t.bytes_out));
+    if (t.expected) {
+      mb += "*";
+      any_expected = true;
+    }
+    const std::int64_t in = t.per_step ? t.bytes_in : t.bytes_in * M;
+    const std::string star = t.expected ? "*" : "";
+    std::printf("  %-28s %-9s %-15s %6lld %12s %12s %12s  %s\n", source.c_str(),
+                group_name(t.group), comm_op_name(t.op), static_cast<long long>(calls), mb.c_str(),
+                (format_bytes(double(step)) + star).c_str(),
+                (format_bytes(double(in)) + star).c_str(), t.what.c_str());
+  }
+  std::printf("  per group and step (bytes out, excluding host scalars):");
+  for (GroupKind g : kAllGroupKinds) {
+    const CommTraffic tr = traffic_of(terms, g, M, true);
+    if (tr.calls() == 0) continue;
+    std::printf("  %s %s", group_name(g), format_bytes(double(tr.bytes_out())).c_str());
+  }
+  std::printf("\n");
+  std::printf(
+      "  bytes: the payload rank 0 hands to each call (all_reduce its buffer, all_gather its "
+      "block,\n  reduce_scatter its whole input, all_to_all_v and p2p what leaves the rank; "
+      "parallel/communicator.h);\n  in/step: what it gets back; calls, bytes/step and in/step "
+      "count the whole step (micro-batch terms x %d).%s\n",
+      M,
+      any_expected ? "\n  * expected value under uniform routing (dropless); the real "
+                     "all-to-all volume depends on the router"
+                   : "");
 }
 
 }  // namespace
@@ -133,6 +195,7 @@ int cmd_inspect(int argc, char** argv) {
       world_size, p.tensor, p.context, p.data, p.pipeline, p.expert, p.micro_batches,
       cfg.train.micro_batch_size);
   std::printf("%s", layout_table(layout).c_str());
+  print_communication(cfg);
   return 0;
 }
 
