@@ -1,5 +1,9 @@
 #include "parallel/process_groups.h"
 
+#if LINMOE_HAVE_NCCL
+#include "parallel/nccl/nccl_communicator.h"
+#endif
+
 #include <cstdio>
 #include <sstream>
 
@@ -191,6 +195,28 @@ Communicator& ProcessGroups::group(GroupKind kind) const {
   const auto k = static_cast<std::size_t>(kind);
   LINMOE_CHECK(k < groups_.size(), "unknown group kind ", k);
   return *groups_[k];
+}
+
+void ProcessGroups::enable_device_groups(void* stream, Allocator& allocator,
+                                         const Convert& convert) {
+#if LINMOE_HAVE_NCCL
+  if (!device_groups_.empty()) return;
+  for (const auto& g : groups_) {
+    device_groups_.push_back(std::make_unique<NcclCommunicator>(*g, stream, allocator, convert));
+  }
+#else
+  (void)stream;
+  (void)allocator;
+  (void)convert;
+  throw UserError("device communicators (NCCL) need a build with the CUDA backend");
+#endif
+}
+
+Communicator& ProcessGroups::device_group(GroupKind kind) const {
+  const auto k = static_cast<std::size_t>(kind);
+  LINMOE_CHECK(k < device_groups_.size(), "device communicators are not enabled (group ",
+               group_name(kind), ")");
+  return *device_groups_[k];
 }
 
 }  // namespace linmoe

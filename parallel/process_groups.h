@@ -11,11 +11,13 @@
 // The coordinate functions are pure (no MPI), so `linmoe inspect` can print the table; the
 // ProcessGroups class makes every group once with MPI_Comm_split.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
+#include "core/memory.h"
 #include "parallel/communicator.h"
 
 namespace linmoe {
@@ -92,10 +94,20 @@ class ProcessGroups {
   // Gradient reduction of expert parameters.
   Communicator& expert_dp() const { return group(GroupKind::expert_dp); }
 
+  // Device-memory communicators (NCCL), one per group, made collectively over the world (each
+  // group's MPI communicator broadcasts its NCCL unique id). stream: the backend's cudaStream_t;
+  // convert: the backend's device copy (bf16 widening). UserError in a build without CUDA.
+  using Convert = std::function<void(const Tensor& src, const Tensor& dst)>;
+  void enable_device_groups(void* stream, Allocator& allocator, const Convert& convert);
+  bool has_device_groups() const { return !device_groups_.empty(); }
+  // The NCCL communicator of a group (enable_device_groups first).
+  Communicator& device_group(GroupKind kind) const;
+
  private:
   Layout layout_;
   Coordinates coords_;
-  std::vector<std::unique_ptr<MpiCommunicator>> groups_;  // indexed by GroupKind
+  std::vector<std::unique_ptr<MpiCommunicator>> groups_;      // indexed by GroupKind
+  std::vector<std::unique_ptr<Communicator>> device_groups_;  // NCCL, indexed by GroupKind
 };
 
 }  // namespace linmoe
