@@ -83,8 +83,11 @@ MemoryEstimate memory_per_rank(const Config& c) {
   const double states = c.optimizer.type == OptimizerType::adamw ? 2.0
                         : c.optimizer.momentum != 0              ? 1.0
                                                                  : 0.0;
-  const double whole_activations = static_cast<double>(Model::planned_activation_bytes(
-      c.model, c.train.micro_batch_size, c.train.seq_len / p.context, DType::f32));
+  const std::int64_t B = c.train.micro_batch_size, T = c.train.seq_len / p.context;
+  const double whole_activations = static_cast<double>(
+      Model::planned_activation_bytes(c.model, B, T, DType::f32, c.train.recompute));
+  const double rebuild = static_cast<double>(
+      Model::planned_recompute_bytes(c.model, B, T, DType::f32, c.train.recompute));
   const int micro_batches = std::max(1, p.micro_batches);
   MemoryEstimate best;
   for (int stage = 0; stage < p.pipeline; ++stage) {
@@ -103,7 +106,8 @@ MemoryEstimate memory_per_rank(const Config& c) {
     const double layers = plan.last_layer() - plan.first_layer();
     const int in_flight = std::min(p.pipeline - stage, micro_batches);
     e.activations = whole_activations * (layers / std::max(1, c.model.num_layers)) /
-                    std::max(1, p.tensor) * in_flight;
+                        std::max(1, p.tensor) * in_flight +
+                    rebuild / std::max(1, p.tensor);
     if (e.total() > best.total()) best = e;
   }
   return best;

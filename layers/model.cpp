@@ -1,5 +1,6 @@
 #include "layers/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -17,13 +18,13 @@ struct Model::Block {
   std::unique_ptr<Sublayer> mixer, ffn;
 };
 
-namespace {
-
 // The tensors of one layer kept between forward and backward. [N, D] with N = B·T.
-struct BlockActivations {
+struct Model::BlockActivations {
   Tensor h, n1, rstd1, a, n2, rstd2;
   std::unique_ptr<Sublayer::Cache> mixer_cache, ffn_cache;
 };
+
+namespace {
 
 ShardingPlan one_rank_plan(const ModelConfig& m) {
   ShardingPlan p;
@@ -101,17 +102,20 @@ void Model::set_slots(int n) {
 }
 
 std::size_t Model::activation_peak_bytes() const {
-  std::size_t total = scratch_.peak();
+  std::size_t total = scratch_.peak() + recompute_arena_.peak();
   for (const auto& s : slots_) total += s->saved.peak();
   return total;
 }
 
-std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
-                                            DType dtype) {
-  // Per layer: the residual and norm tensors here (6·D per token) plus what the sublayers keep
-  // (projections, core outputs, expert activations), and the logits. An estimate: the arena
-  // grows (and says so) if it is short.
-  const std::int64_t D = m.hidden_size, N = B * T;
+namespace {
+
+// Activation values per token of one layer's parts (the plan's estimate, in elements).
+struct LayerPlan {
+  std::int64_t block, mixer, ffn;  // block: residual/norm tensors kept by the model (6·D)
+};
+
+LayerPlan layer_plan(const ModelConfig& m, int i) {
+  const std::int64_t D = m.hidden_size;
   const std::int64_t lsm =
       4 * std::int64_t{m.lsm.num_heads} * (m.lsm.head_dim_k + m.lsm.head_dim_v);
   const std::int64_t attn = 4 * std::int64_t{m.attention.num_heads} * m.attention.head_dim;
@@ -121,9 +125,26 @@ std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B
           : 3 * std::int64_t{m.ffn_hidden_size};
   const std::int64_t shared =
       m.moe.shared_ffn_hidden_size > 0 ? 3 * m.moe.shared_ffn_hidden_size + 2 : 0;
+  return {6 * D, m.layer_kind(i) == 'N' ? attn : lsm, ffn + shared};
+}
+
+}  // namespace
+
+std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
+                                            DType dtype, Recompute recompute) {
+  // Per layer: the residual and norm tensors here (6·D per token) plus what the sublayers keep
+  // (projections, core outputs, expert activations), and the logits. An estimate: the arena
+  // grows (and says so) if it is short. Recompute keeps less: selective drops the mixers'
+  // part, full keeps only each block's output (the next block's input).
+  const std::int64_t D = m.hidden_size, N = B * T;
   std::int64_t per_token = 0;
   for (int i = 0; i < m.num_layers; ++i) {
-    per_token += 6 * D + (m.layer_kind(i) == 'N' ? attn : lsm) + ffn + shared;
+    const LayerPlan l = layer_plan(m, i);
+    if (recompute == Recompute::full) {
+      per_token += D;
+    } else {
+      per_token += l.block + l.ffn + (recompute == Recompute::selective ? 0 : l.mixer);
+    }
   }
   per_token += 4 * D + 2 * m.vocab_size;  // final norm, logits and their gradient
   // Every allocation is rounded up to kAlignment bytes: allow ~48 allocations per layer.
@@ -132,12 +153,30 @@ std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B
   return static_cast<std::size_t>(N * per_token) * dtype_size(dtype) + slack;
 }
 
+std::size_t Model::planned_recompute_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
+                                           DType dtype, Recompute recompute) {
+  if (recompute == Recompute::none) return 0;
+  std::int64_t most = 0;  // the largest block (full) or mixer (selective) rebuilt at once
+  for (int i = 0; i < m.num_layers; ++i) {
+    const LayerPlan l = layer_plan(m, i);
+    most = std::max(most, recompute == Recompute::full ? l.block + l.mixer + l.ffn + m.hidden_size
+                                                       : l.mixer + m.hidden_size);
+  }
+  // Twice the estimate: one block's sublayer activations vary more by type (mamba2, conv halos,
+  // context-parallel states) than a whole model's average.
+  return 2 * static_cast<std::size_t>(B * T * most) * dtype_size(dtype) + 48 * kAlignment;
+}
+
 void Model::tp_all_reduce(const Tensor& t) {
   if (groups_ && plan_.tp > 1) groups_->tp().all_reduce(t);
 }
 
 void Model::prepare_slot(Slot& s, std::int64_t B, std::int64_t T) {
-  const std::size_t plan = planned_activation_bytes(config_, B, T, dtype_);
+  const std::size_t plan = planned_activation_bytes(config_, B, T, dtype_, recompute_);
+  const std::size_t rplan = planned_recompute_bytes(config_, B, T, dtype_, recompute_);
+  if (recompute_arena_.capacity() < rplan) {
+    recompute_arena_ = Arena(backend_.allocator(), rplan, "recompute");
+  }
   if (s.saved.capacity() < plan) {
     // Sized from the config's plan once per shape; a short plan grows the arena (with a note).
     s.saved = Arena(backend_.allocator(), plan, "activations");
@@ -160,6 +199,41 @@ LayerContext Model::context(Slot& s) {
   ctx.groups = groups_;
   if (groups_) ctx.position_offset = groups_->coords().cp_rank * s.T;
   return ctx;
+}
+
+LayerContext Model::recompute_context(Slot& s) {
+  LayerContext ctx = context(s);
+  return LayerContext{backend_,       params_,   recompute_arena_,
+                      scratch_,       dtype_,    ctx.position_offset,
+                      ctx.loss_scale, ctx.groups};
+}
+
+// a = h + Mixer(RMSNorm(h)); next = a + FFN(RMSNorm(a)). The block's tensors and the FFN's
+// activations go to ctx.saved, the mixer's to mixer_ctx.saved; next [N, D] is the caller's.
+void Model::block_forward(std::size_t i, BlockActivations& act, LayerContext& ctx,
+                          LayerContext& mixer_ctx, const Tensor& h, const Tensor& next,
+                          SublayerStats* ffn_stats, std::int64_t B, std::int64_t T) {
+  Backend& be = backend_;
+  Block& b = *blocks_[i];
+  const std::int64_t N = B * T, D = config_.hidden_size;
+  const DType stat = stat_dtype(dtype_);
+  act.h = h;
+  act.n1 = ctx.save(Shape{N, D});
+  act.rstd1 = ctx.saved.allocate(stat, Shape{N});
+  be.rms_norm_forward(h, params_.param(b.mixer_norm), config_.norm_eps, act.n1, act.rstd1);
+  act.a = ctx.save(Shape{N, D});
+  SublayerStats mixer_stats;
+  act.mixer_cache = b.mixer->forward(mixer_ctx, act.n1.reshape(Shape{B, T, D}),
+                                     act.a.reshape(Shape{B, T, D}), &mixer_stats);
+  tp_all_reduce(act.a);
+  be.axpy(1.0, h, act.a);  // a = h + Mixer(RMSNorm(h))
+  act.n2 = ctx.save(Shape{N, D});
+  act.rstd2 = ctx.saved.allocate(stat, Shape{N});
+  be.rms_norm_forward(act.a, params_.param(b.ffn_norm), config_.norm_eps, act.n2, act.rstd2);
+  act.ffn_cache =
+      b.ffn->forward(ctx, act.n2.reshape(Shape{B, T, D}), next.reshape(Shape{B, T, D}), ffn_stats);
+  tp_all_reduce(next);
+  be.axpy(1.0, act.a, next);  // h = a + FFN(RMSNorm(a))
 }
 
 MicroBatchLosses Model::forward_backward(const Tensor& tokens, const Tensor& targets,
@@ -186,7 +260,6 @@ Model::StageOutput Model::stage_forward(int slot, const Tensor& tokens, const Te
   LINMOE_CHECK(!s.active, "activation slot ", slot, " is still in use");
   const std::int64_t B = tokens.size(0), T = tokens.size(1), N = B * T, D = config_.hidden_size;
   Backend& be = backend_;
-  const DType stat = stat_dtype(dtype_);
   prepare_slot(s, B, T);
   s.active = with_backward;
   s.with_backward = with_backward;
@@ -211,28 +284,25 @@ Model::StageOutput Model::stage_forward(int slot, const Tensor& tokens, const Te
     check_shape(h_in, Shape{N, D}, "pipeline stage", "input");
     be.copy(h_in, h);
   }
+  // Recompute (train.recompute): selective keeps everything but the mixers' internals, full
+  // keeps only each block's input; stage_backward rebuilds the rest in the recompute arena.
+  LayerContext rctx = recompute_context(s);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = *blocks_[i];
     BlockActivations& act = s.blocks[i];
-    act.h = h;
-    act.n1 = ctx.save(Shape{N, D});
-    act.rstd1 = s.saved.allocate(stat, Shape{N});
-    be.rms_norm_forward(h, params_.param(b.mixer_norm), config_.norm_eps, act.n1, act.rstd1);
-    act.a = ctx.save(Shape{N, D});
-    SublayerStats mixer_stats;
-    act.mixer_cache = b.mixer->forward(ctx, act.n1.reshape(Shape{B, T, D}),
-                                       act.a.reshape(Shape{B, T, D}), &mixer_stats);
-    tp_all_reduce(act.a);
-    be.axpy(1.0, h, act.a);  // a = h + Mixer(RMSNorm(h))
-    act.n2 = ctx.save(Shape{N, D});
-    act.rstd2 = s.saved.allocate(stat, Shape{N});
-    be.rms_norm_forward(act.a, params_.param(b.ffn_norm), config_.norm_eps, act.n2, act.rstd2);
     Tensor next = ctx.save(Shape{N, D});
     SublayerStats ffn_stats;
-    act.ffn_cache = b.ffn->forward(ctx, act.n2.reshape(Shape{B, T, D}),
-                                   next.reshape(Shape{B, T, D}), &ffn_stats);
-    tp_all_reduce(next);
-    be.axpy(1.0, act.a, next);  // h = a + FFN(RMSNorm(a))
+    if (recompute_ == Recompute::full) {
+      block_forward(i, act, rctx, rctx, h, next, &ffn_stats, B, T);
+    } else {
+      block_forward(i, act, ctx, recompute_ == Recompute::selective ? rctx : ctx, h, next,
+                    &ffn_stats, B, T);
+    }
+    if (recompute_ != Recompute::none) {
+      act.mixer_cache.reset();
+      if (recompute_ == Recompute::full) act = BlockActivations{};
+      act.h = h;
+      recompute_arena_.reset();
+    }
     out.losses.aux_loss += ffn_stats.aux_loss;
     out.losses.z_loss += ffn_stats.z_loss;
     if (!ffn_stats.expert_load.empty()) out.losses.expert_load.push_back(ffn_stats.expert_load);
@@ -310,6 +380,20 @@ Tensor Model::stage_backward(int slot, const Tensor& dh_out) {
   for (std::size_t r = blocks_.size(); r-- > 0;) {
     Block& b = *blocks_[r];
     BlockActivations& act = s.blocks[r];
+    if (recompute_ != Recompute::none) {
+      // Rebuild what forward dropped (same inputs, same collectives: the same values).
+      recompute_arena_.reset();
+      LayerContext rctx = recompute_context(s);
+      SublayerStats ignored;
+      if (recompute_ == Recompute::full) {
+        const Tensor next = rctx.save(Shape{N, D});
+        block_forward(r, act, rctx, rctx, act.h, next, &ignored, B, T);
+      } else {
+        const Tensor y = rctx.save(Shape{N, D});  // the mixer's output, not needed again
+        act.mixer_cache = b.mixer->forward(rctx, act.n1.reshape(Shape{B, T, D}),
+                                           y.reshape(Shape{B, T, D}), &ignored);
+      }
+    }
     // h_next = a + FFN(RMSNorm(a)): da = dh + RMSNorm'(FFN'(dh)).
     be.fill(dn, 0.0);
     b.ffn->backward(ctx, *act.ffn_cache, dh.reshape(Shape{B, T, D}), dn.reshape(Shape{B, T, D}));

@@ -63,6 +63,10 @@ class Model {
   // ---- pipeline stages ------------------------------------------------------------------------
   // Activation slots for micro-batches in flight (default 1).
   void set_slots(int n);
+  // train.recompute: none keeps every activation; selective drops each mixer's internal
+  // activations and recomputes them in backward; full keeps only each block's input and
+  // recomputes the whole block. Results are identical; memory and time are traded.
+  void set_recompute(Recompute r) { recompute_ = r; }
   struct StageOutput {
     MicroBatchLosses losses;  // the last stage's loss; every stage's aux/z and expert load
     Tensor h;                 // [B·T, D] the stage's output (not on the last stage)
@@ -76,15 +80,23 @@ class Model {
   // valid until the slot is used again; frees the slot.
   Tensor stage_backward(int slot, const Tensor& dh_out);
 
-  // Bytes of activations kept for backward for a [B, T] micro-batch (the arena's plan).
+  // Bytes of activations kept for backward for a [B, T] micro-batch (the arena's plan), and of
+  // the arena that rebuilds dropped activations one block (or mixer) at a time.
   static std::size_t planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
-                                              DType dtype);
+                                              DType dtype, Recompute recompute = Recompute::none);
+  static std::size_t planned_recompute_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
+                                             DType dtype, Recompute recompute);
   std::size_t activation_peak_bytes() const;
 
  private:
   struct Block;
   struct Slot;
+  struct BlockActivations;
   LayerContext context(Slot& s);
+  LayerContext recompute_context(Slot& s);
+  void block_forward(std::size_t i, BlockActivations& act, LayerContext& ctx,
+                     LayerContext& mixer_ctx, const Tensor& h, const Tensor& next,
+                     SublayerStats* ffn_stats, std::int64_t B, std::int64_t T);
   void prepare_slot(Slot& s, std::int64_t B, std::int64_t T);
   // Sum over tp of a tensor that holds partial sums (a no-op on one tensor rank).
   void tp_all_reduce(const Tensor& t);
@@ -102,6 +114,8 @@ class Model {
   int embed_ = -1, final_norm_ = -1, lm_head_ = -1;
   std::vector<std::unique_ptr<Slot>> slots_;
   Arena scratch_;
+  Recompute recompute_ = Recompute::none;
+  Arena recompute_arena_;  // one block's (or mixer's) activations while it is rebuilt
 };
 
 }  // namespace linmoe

@@ -47,6 +47,7 @@ Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
   model_ =
       std::make_unique<Model>(cfg_.model, backend_, DType::f32, plan_for(cfg_, groups_), groups_);
   model_->initialize(cfg_.run.seed);
+  model_->set_recompute(cfg_.train.recompute);
   const ParameterStore& params = model_->params();
   const std::vector<ShardedParam>& sharded = model_->sharded_params();
 
