@@ -403,6 +403,20 @@ void validate_cross(const Config& c) {
                " stage sizes summing to model.num_layers = " + std::to_string(m.num_layers));
     }
   }
+  if (m.vocab_size < p.tensor) {
+    fail("model.vocab_size", std::to_string(m.vocab_size),
+         "must be at least parallel.tensor = " + tp +
+             " (each tensor rank holds a vocabulary block)");
+  }
+  const bool conv_lsm = has_lsm && m.lsm.conv_size > 1 &&
+                        (m.lsm.type == LsmType::deltanet || m.lsm.type == LsmType::gated_deltanet ||
+                         m.lsm.type == LsmType::mamba2);
+  if (conv_lsm && p.context > 1 && c.train.seq_len / p.context < m.lsm.conv_size - 1) {
+    fail("train.seq_len", std::to_string(c.train.seq_len),
+         str_cat("must give each of the parallel.context = ", p.context,
+                 " pieces at least model.lsm.conv_size - 1 = ", m.lsm.conv_size - 1,
+                 " tokens (the short convolution's halo comes from one neighbour)"));
+  }
   if (c.train.seq_len % p.context != 0) {
     fail("train.seq_len", std::to_string(c.train.seq_len),
          "must be divisible by parallel.context = " + std::to_string(p.context));

@@ -84,8 +84,6 @@ MemoryEstimate memory_per_rank(const Config& c) {
                         : c.optimizer.momentum != 0              ? 1.0
                                                                  : 0.0;
   const std::int64_t B = c.train.micro_batch_size, T = c.train.seq_len / p.context;
-  const double whole_activations = static_cast<double>(
-      Model::planned_activation_bytes(c.model, B, T, DType::f32, c.train.recompute));
   const double rebuild = static_cast<double>(
       Model::planned_recompute_bytes(c.model, B, T, DType::f32, c.train.recompute));
   const int micro_batches = std::max(1, p.micro_batches);
@@ -103,10 +101,10 @@ MemoryEstimate memory_per_rank(const Config& c) {
     const double sharded =
         zero ? dense / data_group + expert / std::max(1.0, expert_group) : dense + expert;
     e.optimizer = 4.0 * states * sharded;
-    const double layers = plan.last_layer() - plan.first_layer();
     const int in_flight = std::min(p.pipeline - stage, micro_batches);
-    e.activations = whole_activations * (layers / std::max(1, c.model.num_layers)) /
-                        std::max(1, p.tensor) * in_flight +
+    e.activations = static_cast<double>(Model::planned_activation_bytes(c.model, B, T, DType::f32,
+                                                                        c.train.recompute, &plan)) *
+                        in_flight +
                     rebuild / std::max(1, p.tensor);
     if (e.total() > best.total()) best = e;
   }

@@ -131,22 +131,29 @@ LayerPlan layer_plan(const ModelConfig& m, int i) {
 }  // namespace
 
 std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
-                                            DType dtype, Recompute recompute) {
+                                            DType dtype, Recompute recompute,
+                                            const ShardingPlan* plan) {
   // Per layer: the residual and norm tensors here (6·D per token) plus what the sublayers keep
   // (projections, core outputs, expert activations), and the logits. An estimate: the arena
   // grows (and says so) if it is short. Recompute keeps less: selective drops the mixers'
   // part, full keeps only each block's output (the next block's input).
+  // With a plan: only the stage's layers, the head only on the last stage, and the sublayers'
+  // and logits' tensor-parallel shares.
   const std::int64_t D = m.hidden_size, N = B * T;
+  const int first = plan ? plan->first_layer() : 0, last = plan ? plan->last_layer() : m.num_layers;
+  const std::int64_t tp = plan ? plan->tp : 1;
   std::int64_t per_token = 0;
-  for (int i = 0; i < m.num_layers; ++i) {
+  for (int i = first; i < last; ++i) {
     const LayerPlan l = layer_plan(m, i);
     if (recompute == Recompute::full) {
       per_token += D;
     } else {
-      per_token += l.block + l.ffn + (recompute == Recompute::selective ? 0 : l.mixer);
+      per_token += l.block + (l.ffn + (recompute == Recompute::selective ? 0 : l.mixer)) / tp;
     }
   }
-  per_token += 4 * D + 2 * m.vocab_size;  // final norm, logits and their gradient
+  if (!plan || plan->last_stage()) {
+    per_token += 4 * D + 2 * ((m.vocab_size + tp - 1) / tp);  // final norm, logits, their grad
+  }
   // Every allocation is rounded up to kAlignment bytes: allow ~48 allocations per layer.
   const std::size_t slack =
       std::size_t{48} * kAlignment * static_cast<std::size_t>(m.num_layers + 2);
@@ -172,7 +179,7 @@ void Model::tp_all_reduce(const Tensor& t) {
 }
 
 void Model::prepare_slot(Slot& s, std::int64_t B, std::int64_t T) {
-  const std::size_t plan = planned_activation_bytes(config_, B, T, dtype_, recompute_);
+  const std::size_t plan = planned_activation_bytes(config_, B, T, dtype_, recompute_, &plan_);
   const std::size_t rplan = planned_recompute_bytes(config_, B, T, dtype_, recompute_);
   if (recompute_arena_.capacity() < rplan) {
     recompute_arena_ = Arena(backend_.allocator(), rplan, "recompute");
@@ -349,7 +356,12 @@ void Model::head_forward(Slot& s, LayerContext& ctx, MicroBatchLosses& out, doub
     tp.all_reduce(m.data(), N, DType::f64, ReduceOp::max);
     for (std::size_t n = 0; n < lse.size(); ++n) e[n] = std::exp(lse[n] - m[n]);
     tp.all_reduce(e.data(), N, DType::f64, ReduceOp::sum);
-    for (std::size_t n = 0; n < lse.size(); ++n) lse[n] = m[n] + std::log(e[n]);
+    // Ignored positions (target < 0) give lse 0 on every block, and 0 in all.
+    std::vector<std::int32_t> tgt(static_cast<std::size_t>(N));
+    be.copy(s.tgt, Tensor(tgt.data(), DType::i32, Device::cpu, Shape{N}));
+    for (std::size_t n = 0; n < lse.size(); ++n) {
+      lse[n] = tgt[n] < 0 ? 0.0 : m[n] + std::log(e[n]);
+    }
     be.copy(Tensor(lse.data(), DType::f64, Device::cpu, Shape{N}), s.lse);
     tp.all_reduce(target_logit);  // the target lies in exactly one block
   }

@@ -82,8 +82,11 @@ class Model {
 
   // Bytes of activations kept for backward for a [B, T] micro-batch (the arena's plan), and of
   // the arena that rebuilds dropped activations one block (or mixer) at a time.
+  // With a plan: one pipeline stage's layers (the head on the last) and the tensor-parallel
+  // shares.
   static std::size_t planned_activation_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
-                                              DType dtype, Recompute recompute = Recompute::none);
+                                              DType dtype, Recompute recompute = Recompute::none,
+                                              const ShardingPlan* plan = nullptr);
   static std::size_t planned_recompute_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
                                              DType dtype, Recompute recompute);
   std::size_t activation_peak_bytes() const;

@@ -16,6 +16,7 @@ namespace {
 // Tags of the pipeline's point-to-point messages.
 constexpr int kActivationTag = 1;
 constexpr int kGradientTag = 2;
+constexpr int kTiedEmbeddingTag = 3;
 
 ShardingPlan plan_for(const Config& cfg, const ProcessGroups* groups) {
   if (!groups) return make_sharding_plan(cfg, 0, 0, 0);
@@ -92,6 +93,12 @@ Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
 
 Engine::~Engine() = default;
 
+Tensor Engine::persistent(Buffer& b, DType dtype, const Shape& shape, const char* what) {
+  const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
+  if (b.bytes() < bytes) b = Buffer(backend_.allocator(), bytes, what);
+  return b.view(dtype, shape);
+}
+
 bool Engine::owns(int i) const {
   const ShardedParam& p = model_->sharded_params()[static_cast<std::size_t>(i)];
   if (p.tied_copy) return false;
@@ -114,7 +121,9 @@ void Engine::add_losses(const MicroBatchLosses& l, StepResult& r) {
   for (std::size_t k = 0; k < l.expert_load.size(); ++k) {
     const int row = moe_layer_index_[static_cast<std::size_t>(first) + k];
     std::vector<double>& dst = r.expert_load[static_cast<std::size_t>(row)];
-    for (std::size_t e = 0; e < l.expert_load[k].size() && e < dst.size(); ++e) {
+    LINMOE_CHECK(l.expert_load[k].size() == dst.size(), "expert load of ", l.expert_load[k].size(),
+                 " experts, expected ", dst.size());
+    for (std::size_t e = 0; e < dst.size(); ++e) {
       dst[e] += l.expert_load[k][e];
     }
   }
@@ -143,11 +152,8 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
   const double scale = 1.0 / (M * dp);
   const i64 N = i64{cfg_.train.micro_batch_size} * (cfg_.train.seq_len / layout.cp);
   const Shape hs{N, cfg_.model.hidden_size};
-  Buffer in_buf(backend_.allocator(), static_cast<std::size_t>(hs.numel()) * sizeof(float),
-                "pipeline input");
-  Buffer grad_buf(backend_.allocator(), static_cast<std::size_t>(hs.numel()) * sizeof(float),
-                  "pipeline output gradient");
-  const Tensor h_in = in_buf.view(DType::f32, hs), dh = grad_buf.view(DType::f32, hs);
+  const Tensor h_in = persistent(pipe_in_, DType::f32, hs, "pipeline input");
+  const Tensor dh = persistent(pipe_grad_, DType::f32, hs, "pipeline output gradient");
 
   int fwd = 0, bwd = 0;
   auto forward = [&]() -> Tensor {
@@ -202,10 +208,9 @@ void Engine::reduce_gradients() {
     if (s == 0 || s == layout.pp - 1) {
       const int i = params.index("embed.weight");
       const Tensor g = params.grad(i);
-      Buffer other(backend_.allocator(), g.nbytes(), "tied embedding gradient");
-      const Tensor o = other.view(g.dtype, g.shape);
+      const Tensor o = persistent(tied_grad_, g.dtype, g.shape, "tied embedding gradient");
       const int peer = s == 0 ? layout.pp - 1 : 0;
-      groups_->pp().send_recv(g, peer, o, peer, 3, 3);
+      groups_->pp().send_recv(g, peer, o, peer, kTiedEmbeddingTag, kTiedEmbeddingTag);
       backend_.axpy(1.0, o, g);
     }
   }
@@ -341,13 +346,9 @@ double Engine::evaluate(const std::function<Batch()>& next, int n) {
   const bool first = s == 0, last = !pipelined || s == groups_->layout().pp - 1;
   const i64 N = i64{cfg_.train.micro_batch_size} *
                 (cfg_.train.seq_len / (groups_ ? groups_->layout().cp : 1));
-  Buffer in_buf;
   Tensor h_in;
   if (pipelined && !first) {
-    in_buf = Buffer(backend_.allocator(),
-                    static_cast<std::size_t>(N * cfg_.model.hidden_size) * sizeof(float),
-                    "pipeline input");
-    h_in = in_buf.view(DType::f32, Shape{N, cfg_.model.hidden_size});
+    h_in = persistent(pipe_in_, DType::f32, Shape{N, cfg_.model.hidden_size}, "pipeline input");
   }
   for (int i = 0; i < rounds; ++i) {
     Batch b = next();

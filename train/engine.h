@@ -71,6 +71,8 @@ class Engine {
   void reduce_gradients();
   double gradient_norm_squared();
   void finish_losses(StepResult& r);
+  // A view of `b`, (re)allocated once when too small: buffers reused from step to step.
+  Tensor persistent(Buffer& b, DType dtype, const Shape& shape, const char* what);
 
   Config cfg_;
   Backend& backend_;
@@ -79,6 +81,7 @@ class Engine {
   std::vector<std::unique_ptr<Region>> regions_;  // dense, expert (when present)
   std::vector<int> moe_layer_index_;              // global layer -> MoE row (-1: none)
   int moe_layers_ = 0;
+  Buffer pipe_in_, pipe_grad_, tied_grad_;  // pipeline transfers, the tied copy's gradient
 };
 
 }  // namespace linmoe

@@ -3,7 +3,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <optional>
+#include <vector>
 
 #include "core/log.h"
 #include "core/memory.h"
@@ -142,7 +144,28 @@ std::int64_t Trainer::load_checkpoint(bool with_optimizer) {
     log_info("no checkpoint under ", where, ": starting from the initialisation");
     return 0;
   }
-  restore_engine(*ckpt, *s_->engine, *s_->backend, with_optimizer);
+  // Each rank checks only the slices it holds: agree on the outcome, so a mismatch stops every
+  // rank with the first failing rank's message instead of leaving the others waiting.
+  std::string error;
+  try {
+    restore_engine(*ckpt, *s_->engine, *s_->backend, with_optimizer);
+  } catch (const UserError& e) {
+    error = e.what();
+  }
+  if (Communicator* world = s_->world()) {
+    const auto failing = static_cast<std::int64_t>(
+        world->all_reduce_min(error.empty() ? world->size() : world->rank()));
+    if (failing < world->size()) {
+      std::int64_t n = static_cast<std::int64_t>(error.size());
+      world->broadcast(&n, 1, DType::i64, static_cast<int>(failing));
+      std::vector<std::int32_t> words(static_cast<std::size_t>((n + 3) / 4), 0);
+      if (world->rank() == failing) std::memcpy(words.data(), error.data(), error.size());
+      world->broadcast(words.data(), static_cast<std::int64_t>(words.size()), DType::i32,
+                       static_cast<int>(failing));
+      error.assign(reinterpret_cast<const char*>(words.data()), static_cast<std::size_t>(n));
+    }
+  }
+  if (!error.empty()) throw UserError(error);
   if (with_optimizer) s_->train_data->set_consumed_samples(ckpt->consumed_samples);
   s_->start_step = ckpt->step;
   s_->tokens_at_start = ckpt->tokens;
