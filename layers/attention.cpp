@@ -179,7 +179,7 @@ class Attention final : public Sublayer {
   // keeps the pieces 0..cp_rank, the ones this piece's queries can see, as [B, (cp_rank+1)·T,
   // Hkv, d] in ctx.saved.
   static Tensor gather_keys(LayerContext& ctx, const Tensor& t, int cp_rank) {
-    Communicator& cp = ctx.groups->cp();
+    Communicator& cp = ctx.groups->tensor_group(GroupKind::cp);
     const i64 B = t.size(0), T = t.size(1);
     const Tensor all = ctx.temp({static_cast<i64>(cp.size()), B, T, t.size(2), t.size(3)});
     cp.all_gather(t, all);  // [cp, B, T, Hkv, d]
@@ -197,7 +197,7 @@ class Attention final : public Sublayer {
   // 0..Tk/T−1; returns [B, T, Hkv, d] (scratch) = the sum over the cp group of every piece's
   // gradient for this rank's keys (reduce-scatter; the pieces it cannot see are zeros).
   static Tensor scatter_key_grads(LayerContext& ctx, const Tensor& g, i64 T) {
-    Communicator& cp = ctx.groups->cp();
+    Communicator& cp = ctx.groups->tensor_group(GroupKind::cp);
     const i64 B = g.size(0), pieces = g.size(1) / T;
     LINMOE_CHECK(pieces * T == g.size(1) && pieces <= cp.size(), "attention: key gradients ",
                  g.str(), " are not whole pieces of ", T);

@@ -175,7 +175,7 @@ std::size_t Model::planned_recompute_bytes(const ModelConfig& m, std::int64_t B,
 }
 
 void Model::tp_all_reduce(const Tensor& t) {
-  if (groups_ && plan_.tp > 1) groups_->tp().all_reduce(t);
+  if (groups_ && plan_.tp > 1) groups_->tensor_group(GroupKind::tp).all_reduce(t);
 }
 
 void Model::prepare_slot(Slot& s, std::int64_t B, std::int64_t T) {
@@ -363,7 +363,7 @@ void Model::head_forward(Slot& s, LayerContext& ctx, MicroBatchLosses& out, doub
       lse[n] = tgt[n] < 0 ? 0.0 : m[n] + std::log(e[n]);
     }
     be.copy(Tensor(lse.data(), DType::f64, Device::cpu, Shape{N}), s.lse);
-    tp.all_reduce(target_logit);  // the target lies in exactly one block
+    groups_->tensor_group(GroupKind::tp).all_reduce(target_logit);  // in exactly one block
   }
   double loss_sum = be.sum(s.lse) - be.sum(target_logit);
   if (groups_ && groups_->layout().cp > 1) loss_sum = groups_->cp().all_reduce_sum(loss_sum);

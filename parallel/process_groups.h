@@ -102,6 +102,11 @@ class ProcessGroups {
   bool has_device_groups() const { return !device_groups_.empty(); }
   // The NCCL communicator of a group (enable_device_groups first).
   Communicator& device_group(GroupKind kind) const;
+  // The communicator for tensors on the compute device: NCCL when enabled, else MPI. Host
+  // vectors and scalars always use group(kind).
+  Communicator& tensor_group(GroupKind kind) const {
+    return has_device_groups() ? device_group(kind) : group(kind);
+  }
 
  private:
   Layout layout_;

@@ -57,7 +57,9 @@ Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
   for (const ParameterStore::Region& pr : params.regions()) {
     const bool expert = sharded[static_cast<std::size_t>(pr.first)].expert;
     Communicator* group = nullptr;
-    if (groups_) group = expert ? &groups_->expert_dp() : &groups_->dp_cp();
+    if (groups_) {
+      group = &groups_->tensor_group(expert ? GroupKind::expert_dp : GroupKind::dp_cp);
+    }
     auto r = std::make_unique<Region>();
     r->name = expert ? "expert" : "dense";
     r->begin = pr.begin;
@@ -145,7 +147,7 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
   const int M = cfg_.parallel.micro_batches;
   const Layout& layout = groups_->layout();
   const int pp = layout.pp, s = groups_->coords().pp_rank, dp = layout.dp;
-  Communicator& pipe = groups_->pp();
+  Communicator& pipe = groups_->tensor_group(GroupKind::pp);
   const bool first = s == 0, last = s == pp - 1;
   const int prev = first ? -1 : s - 1, nxt = last ? -1 : s + 1;
   const int slots = std::min(pp, M);
@@ -199,7 +201,9 @@ void Engine::reduce_gradients() {
   // Replicated parameters whose gradient each tensor rank holds a part of.
   if (layout.tp > 1) {
     for (std::size_t i = 0; i < sharded.size(); ++i) {
-      if (sharded[i].tp_partial_grad) groups_->tp().all_reduce(params.grad(static_cast<int>(i)));
+      if (sharded[i].tp_partial_grad) {
+        groups_->tensor_group(GroupKind::tp).all_reduce(params.grad(static_cast<int>(i)));
+      }
     }
   }
   // A tied embedding's copies on the first and last stage: each adds the other's gradient.
@@ -210,7 +214,8 @@ void Engine::reduce_gradients() {
       const Tensor g = params.grad(i);
       const Tensor o = persistent(tied_grad_, g.dtype, g.shape, "tied embedding gradient");
       const int peer = s == 0 ? layout.pp - 1 : 0;
-      groups_->pp().send_recv(g, peer, o, peer, kTiedEmbeddingTag, kTiedEmbeddingTag);
+      groups_->tensor_group(GroupKind::pp)
+          .send_recv(g, peer, o, peer, kTiedEmbeddingTag, kTiedEmbeddingTag);
       backend_.axpy(1.0, o, g);
     }
   }
@@ -353,9 +358,9 @@ double Engine::evaluate(const std::function<Batch()>& next, int n) {
   for (int i = 0; i < rounds; ++i) {
     Batch b = next();
     // Forward only; a pipeline stage receives, runs and passes on, micro-batch by micro-batch.
-    if (!first) groups_->pp().recv(h_in, s - 1, kActivationTag);
+    if (!first) groups_->tensor_group(GroupKind::pp).recv(h_in, s - 1, kActivationTag);
     Model::StageOutput o = model_->stage_forward(0, b.tokens, b.targets, h_in, false, 1.0);
-    if (!last) groups_->pp().send(o.h, s + 1, kActivationTag);
+    if (!last) groups_->tensor_group(GroupKind::pp).send(o.h, s + 1, kActivationTag);
     if (i * dp + r < n) sum += o.losses.lm_loss;
   }
   if (!groups_) return sum / n;
