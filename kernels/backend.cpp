@@ -4,6 +4,7 @@
 #include "kernels/ops.h"
 
 #if LINMOE_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_device.h"
 #endif
 
@@ -44,7 +45,7 @@ bool cuda_device_available() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(BackendKind kind, int cpu_threads) {
+std::unique_ptr<Backend> make_backend(BackendKind kind, int cpu_threads, int device) {
   bool want_cuda = kind == BackendKind::cuda;
   if (kind == BackendKind::automatic) want_cuda = cuda_device_available();
   if (want_cuda) {
@@ -52,17 +53,21 @@ std::unique_ptr<Backend> make_backend(BackendKind kind, int cpu_threads) {
     if (!cuda_device_available()) {
       throw UserError("device.backend = 'cuda': no CUDA device is available on this machine");
     }
-    // The CUDA backend's ops land with the CUDA backend issue; until then say so plainly.
-    if (kind == BackendKind::cuda) {
-      throw UserError(
-          "device.backend = 'cuda': the CUDA backend's ops are not implemented yet "
-          "(see docs/STATUS.md); use device.backend: cpu");
+    // Every op exists on the GPU, but none has been validated on one yet (docs/STATUS.md):
+    // `auto` keeps the CPU until the GPU tests have run; `cuda` asks for it explicitly.
+    if (kind == BackendKind::automatic) {
+      log_warn(
+          "a CUDA device is present; the CUDA backend is not validated yet (docs/STATUS.md), "
+          "so device.backend: auto uses the CPU; set device.backend: cuda to use the GPU");
+      return make_cpu_backend(cpu_threads);
     }
-    log_warn("a CUDA device is present but the CUDA backend is not implemented yet; using the CPU");
+    return make_cuda_backend(device % cuda_device_count());
 #else
+    (void)device;
     throw UserError("device.backend = 'cuda': this build has no CUDA support (LINMOE_CUDA=OFF)");
 #endif
   }
+  (void)device;
   return make_cpu_backend(cpu_threads);
 }
 

@@ -35,6 +35,9 @@ class Backend {
   virtual void synchronize() = 0;
   // Dense peak of the device for the training precision, for MFU; 0 = unknown (the CPU).
   virtual double peak_flops_per_second() const { return 0.0; }
+  // The device queue the ops run on (a cudaStream_t for CUDA), for communicators that must be
+  // ordered with the kernels; null on the CPU.
+  virtual void* stream_handle() { return nullptr; }
 
   // ---- memory ---------------------------------------------------------------------------------
   // dst = src, element by element, between any two devices; converts between float dtypes
@@ -294,6 +297,7 @@ BackendKind parse_backend_kind(const std::string& s, const std::string& key);
 bool cuda_device_available();
 // The backend for `kind`: automatic picks CUDA when available, else the CPU. Asking for cuda
 // without a device is a UserError. cpu_threads 0 = all cores.
-std::unique_ptr<Backend> make_backend(BackendKind kind, int cpu_threads = 0);
+// device: the GPU index for the CUDA backend (a rank uses its node-local rank modulo the GPUs).
+std::unique_ptr<Backend> make_backend(BackendKind kind, int cpu_threads = 0, int device = 0);
 
 }  // namespace linmoe

@@ -28,7 +28,7 @@ class CudaBackend final : public Backend {
   double peak_flops_per_second() const override;
   CudaContext& context() { return *ctx_; }
   // The cudaStream_t every op runs on, for host code without CUDA headers (NCCL communicators).
-  void* stream_handle();
+  void* stream_handle() override;
 
   void copy(const Tensor& src, const Tensor& dst) override;
   void fill(const Tensor& dst, double value) override;

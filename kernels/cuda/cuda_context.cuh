@@ -97,4 +97,35 @@ inline void check_contiguous(const Tensor& t, const char* op, const char* arg) {
 }
 
 }  // namespace cuda
+
+// ---- scratch memory (added with the backend core) ---------------------------------------------
+
+namespace cuda {
+
+// Temporary device memory for one op, stream-ordered: allocated with cudaMallocAsync on `stream`
+// and freed with cudaFreeAsync on it when the object dies, so kernels queued before that still
+// see valid memory and nothing synchronises. The backend keeps the default pool's memory
+// (release threshold = max), so this is a sub-allocation after the first use. Not counted in
+// record_allocation (short-lived).
+class ScratchBuffer {
+ public:
+  ScratchBuffer(cudaStream_t stream, std::size_t bytes) : stream_(stream) {
+    if (bytes > 0) CUDA_CHECK(cudaMallocAsync(&data_, bytes, stream_));
+  }
+  ~ScratchBuffer() {
+    if (data_) CUDA_CHECK(cudaFreeAsync(data_, stream_));
+  }
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  cudaStream_t stream_;
+  void* data_ = nullptr;
+};
+
+}  // namespace cuda
 }  // namespace linmoe
