@@ -20,10 +20,11 @@ Tensor host_f64(double* p, i64 n) {
   return Tensor(p, DType::f64, Device::cpu, Shape{n});
 }
 
+// The host (MPI) cp group, whatever the backend: every buffer this file communicates is a host
+// vector (the summaries, the halos), staged with explicit Backend::copy calls; never a device
+// pointer, so never tensor_group.
 Communicator& cp_comm(const LayerContext& ctx) {
-  Communicator& cp = ctx.groups->cp();
-  // The host composition stages through host memory; a device (NCCL) cp group needs the GPU
-  // version of this file.
+  Communicator& cp = ctx.groups->group(GroupKind::cp);
   LINMOE_CHECK(cp.device() == Device::cpu, "LASP-2 composes on the host: the cp communicator ",
                cp.name(), " must hold host memory");
   return cp;
@@ -172,7 +173,7 @@ Tensor incoming_state(LayerContext& ctx, const StateDims& d, const Tensor& trans
     run(Tensor{}, m);
     packed = gather_summaries(ctx, d, m, transition);
   }
-  std::vector<double> s = compose_incoming(d, packed, ctx.groups->cp().rank());
+  std::vector<double> s = compose_incoming(d, packed, cp_comm(ctx).rank());
   ctx.backend.copy(host_f64(s.data(), d.state_numel()), s_in);
   return s_in;
 }
@@ -189,7 +190,7 @@ Tensor outgoing_state_gradient(LayerContext& ctx, const StateDims& d, const Tens
     run(Tensor{}, h);
     packed = gather_summaries(ctx, d, h, transition);
   }
-  std::vector<double> g = compose_outgoing_gradient(d, packed, ctx.groups->cp().rank());
+  std::vector<double> g = compose_outgoing_gradient(d, packed, cp_comm(ctx).rank());
   ctx.backend.copy(host_f64(g.data(), d.state_numel()), d_out);
   return d_out;
 }

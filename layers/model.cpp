@@ -349,7 +349,7 @@ void Model::head_forward(Slot& s, LayerContext& ctx, MicroBatchLosses& out, doub
   if (groups_ && plan_.tp > 1) {
     // lse over the whole vocabulary = m + log Σ_r exp(lse_r − m), m the max over the blocks.
     // Combined on the host ([N] values per micro-batch); a device op can replace it later.
-    Communicator& tp = groups_->tp();
+    Communicator& tp = groups_->group(GroupKind::tp);  // host vectors (MPI)
     std::vector<double> lse(static_cast<std::size_t>(N)), m, e(static_cast<std::size_t>(N));
     be.copy(s.lse, Tensor(lse.data(), DType::f64, Device::cpu, Shape{N}));
     m = lse;
@@ -366,7 +366,8 @@ void Model::head_forward(Slot& s, LayerContext& ctx, MicroBatchLosses& out, doub
     groups_->tensor_group(GroupKind::tp).all_reduce(target_logit);  // in exactly one block
   }
   double loss_sum = be.sum(s.lse) - be.sum(target_logit);
-  if (groups_ && groups_->layout().cp > 1) loss_sum = groups_->cp().all_reduce_sum(loss_sum);
+  if (groups_ && groups_->layout().cp > 1)
+    loss_sum = groups_->group(GroupKind::cp).all_reduce_sum(loss_sum);
   out.lm_loss = loss_sum / static_cast<double>(s.tokens_global);
 }
 

@@ -249,11 +249,14 @@ class Moe : public Sublayer {
         local_experts_ * l.ep == cfg_.num_experts && first_expert_ == at.ep_rank * local_experts_,
         "moe: experts [", first_expert_, ", ", first_expert_ + local_experts_, ") are not ep rank ",
         at.ep_rank, "'s slice of ", cfg_.num_experts, " over ep ", l.ep);
-    if (l.ep > 1) s.experts.ep = &g->ep();
+    if (l.ep > 1) {
+      s.experts.ep = &g->tensor_group(GroupKind::ep);
+      s.experts.ep_host = &g->group(GroupKind::ep);
+    }
     s.first = N * at.tp_rank / l.tp;
     s.count = N * (at.tp_rank + 1) / l.tp - s.first;
     if (l.tp * l.cp > 1) {
-      s.tokens.group = &g->tp_cp();
+      s.tokens.group = &g->group(GroupKind::tp_cp);  // host buffers only (moe_router.h)
       // n = b·T_global + t with t the global position (MODEL.md 4): this piece starts at
       // cp_rank·T of a sequence of cp·T.
       s.tokens.token_index.resize(static_cast<std::size_t>(s.count));

@@ -1,6 +1,7 @@
 // Token dispatch of the MoE block: local, alltoall and allgather (see moe_dispatch.h). The plan
 // and the row movements are backend ops (moe_dispatch_plan, moe_permute with k = 1 as a row
-// gather); the small per-expert counts cross to the host to size the exchanges.
+// gather); the small per-expert counts cross to the host to size the exchanges. Device tensors
+// travel over placement.ep (the tensor group), host counts over placement.ep_host (MPI).
 #include "layers/moe_dispatch.h"
 
 #include <cstdint>
@@ -60,6 +61,7 @@ void exchange_rows(Communicator& ep, const Tensor& from, const std::vector<i64>&
 void alltoall_dispatch(LayerContext& ctx, const ExpertPlacement& pl, const MoeRouting& r,
                        const Tensor& x, MoeDispatch& d) {
   Communicator& ep = *pl.ep;
+  Communicator& ep_host = *pl.ep_host;
   const i64 D = x.size(1), k = r.expert_ids.size(1), E = pl.num_experts, El = pl.count;
   const int P = ep.size();
   std::vector<i64> counts;  // [E] this rank's kept assignments per (global) expert
@@ -67,15 +69,9 @@ void alltoall_dispatch(LayerContext& ctx, const ExpertPlacement& pl, const MoeRo
   d.weights = r.weights;
 
   ScratchScope scope(ctx.scratch);
-  // Every ep rank's counts: rank p sends its rows for expert e to e's owner e / El.
+  // Every ep rank's counts (host): rank p sends its rows for expert e to e's owner e / El.
   std::vector<i64> all(static_cast<std::size_t>(P * E));  // [P, E]
-  {
-    Tensor mine = ctx.temp(DType::i64, Shape{E});    // [E]
-    Tensor got = ctx.temp(DType::i64, Shape{P, E});  // [P, E]
-    ctx.backend.copy(host_i64(counts), mine);
-    ep.all_gather(mine, got);
-    ctx.backend.copy(got, host_i64(all));
-  }
+  ep_host.all_gather(counts.data(), all.data(), E, DType::i64);
   auto count = [&](int p, i64 e) { return all[static_cast<std::size_t>(p * E + e)]; };
   d.send_rows.assign(static_cast<std::size_t>(P), 0);
   d.recv_rows.assign(static_cast<std::size_t>(P), 0);
@@ -132,7 +128,7 @@ void allgather_dispatch(LayerContext& ctx, const ExpertPlacement& pl, const MoeR
                         const Tensor& x, MoeDispatch& d) {
   Communicator& ep = *pl.ep;
   const i64 N = x.size(0), D = x.size(1), k = r.expert_ids.size(1);
-  for (i64 n : ep.all_gather(N)) {
+  for (i64 n : pl.ep_host->all_gather(N)) {
     LINMOE_CHECK(n == N, "moe: the allgather dispatcher needs the same number of tokens on every ",
                  "rank of the ep group; this rank has ", N, ", another ", n);
   }

@@ -22,9 +22,13 @@
 
 namespace linmoe {
 
-// This rank's experts and its ep group (the experts.* parameter slices decide the range).
+// This rank's experts and its ep group (the experts.* parameter slices decide the range). The
+// group comes twice: `ep` moves the token rows and routing tensors on the compute device
+// (ProcessGroups::tensor_group: NCCL with the CUDA backend), `ep_host` the small host-side counts
+// (ProcessGroups::group: MPI, host memory). Both are set or both null; on the CPU they are one.
 struct ExpertPlacement {
-  Communicator* ep = nullptr;  // null: every expert is here (local dispatch)
+  Communicator* ep = nullptr;       // device tensors; null: every expert is here (local dispatch)
+  Communicator* ep_host = nullptr;  // host vectors and scalars
   Dispatcher dispatcher = Dispatcher::alltoall;
   int num_experts = 0;     // E
   std::int64_t first = 0;  // global index of this rank's first expert

@@ -66,10 +66,10 @@ void topk_backward(LayerContext& ctx, const MoeRouting& r, bool renormalize, con
   ctx.backend.copy(host_view(g, dp.shape), dp);
 }
 
-// Capacity dropping over a micro-batch spread across `shard.group`: every member's rows (global
-// token index, I_t and the selected p_{t,e}, all the keep decision reads) are all-gathered, put
-// in global token order, and the backend's keep decision on the whole micro-batch is taken on
-// every rank; each keeps its own rows' entries.
+// Capacity dropping over a micro-batch spread across `shard.group` (a host communicator): every
+// member's rows (global token index, I_t and the selected p_{t,e}, all the keep decision reads)
+// are all-gathered on the host, put in global token order, and the backend's keep decision on the
+// whole micro-batch is taken on every rank; each keeps its own rows' entries.
 void sharded_capacity_keep(LayerContext& ctx, const MoeTokenShard& shard, const MoeRouting& r,
                            i64 tokens, const Tensor& keep) {
   Communicator& group = *shard.group;
@@ -93,15 +93,8 @@ void sharded_capacity_keep(LayerContext& ctx, const MoeTokenShard& shard, const 
       row[1 + k + s] = p[static_cast<std::size_t>(n * E + e)];
     }
   }
-  std::vector<double> all(static_cast<std::size_t>(group.size() * rows * W));
-  {
-    ScratchScope scope(ctx.scratch);
-    Tensor send = ctx.temp(DType::f64, Shape{rows, W});                 // [rows, W]
-    Tensor recv = ctx.temp(DType::f64, Shape{group.size() * rows, W});  // [size·rows, W]
-    ctx.backend.copy(host_view(mine, send.shape), send);
-    group.all_gather(send, recv);
-    ctx.backend.copy(recv, host_view(all, recv.shape));
-  }
+  std::vector<double> all(static_cast<std::size_t>(group.size() * rows * W));  // [size·rows, W]
+  group.all_gather(mine.data(), all.data(), rows * W, DType::f64);             // host (MPI) group
   // The micro-batch in global token order (p only where selected: all the decision reads).
   std::vector<double> gp(static_cast<std::size_t>(tokens * E), 0.0);         // [tokens, E]
   std::vector<std::int32_t> gids(static_cast<std::size_t>(tokens * k), -1);  // [tokens, k]
@@ -201,11 +194,8 @@ MoeRouting moe_route(LayerContext& ctx, const MoeConfig& cfg, int router_param, 
     std::copy(ps.begin(), ps.end(), sums.begin() + E);
   }
   sums[static_cast<std::size_t>(2 * E)] = ctx.backend.sum_squares(r.lse);
-  if (shard.group) {
-    Tensor t = ctx.temp(DType::f64, Shape{2 * E + 1});  // [2E + 1]
-    ctx.backend.copy(host_view(sums, t.shape), t);
-    shard.group->all_reduce(t);
-    ctx.backend.copy(t, host_view(sums, t.shape));
+  if (shard.group) {  // host (MPI) group: [2E + 1] f64
+    shard.group->all_reduce(sums.data(), static_cast<i64>(sums.size()), DType::f64);
   }
 
   const double total = static_cast<double>(tokens);

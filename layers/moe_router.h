@@ -35,7 +35,9 @@ struct MoeRouting {
 // Where the routed rows sit in their micro-batch. The default (no group): x holds all of it, in
 // token order.
 struct MoeTokenShard {
-  Communicator* group = nullptr;  // the ranks holding the micro-batch's tokens (tp_cp)
+  // The ranks holding the micro-batch's tokens (tp_cp). Host memory (ProcessGroups::group, MPI):
+  // the router communicates only host vectors and scalars over it.
+  Communicator* group = nullptr;
   std::vector<std::int64_t>
       token_index;  // [N] global n = b·T + t of each local row (capacity ties)
 };

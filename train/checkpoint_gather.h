@@ -12,7 +12,8 @@
 
 namespace linmoe {
 
-// Collective over `world` (may be null: one rank). Fills `out` on world rank 0 (its own slices
+// Collective over `world` (may be null: one rank), a host (MPI) communicator: it moves host
+// vectors (ProcessGroups::group, never tensor_group). Fills `out` on world rank 0 (its own slices
 // in weights/params/states/optimizer_state, the others' in parts); other ranks leave it empty.
 void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
                      CheckpointSnapshot& out);

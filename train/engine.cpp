@@ -373,11 +373,23 @@ std::vector<std::string> Engine::optimizer_state_names() const {
   return regions_.empty() ? std::vector<std::string>{} : regions_.front()->optimizer->state_names();
 }
 
-// (MPI gathers straight into the host vector; a device communicator will stage through the
-// shard buffer's device memory.)
+// A ZeRO region's shards are all-gathered by its (tensor) group: MPI gathers straight into the
+// host vector; a device communicator (NCCL) gathers into a device staging buffer the size of the
+// largest such region, which is then copied to the host.
 std::vector<std::vector<float>> Engine::gather_optimizer_state() {
   const ParameterStore& params = model_->params();
   std::vector<std::vector<float>> out;
+  i64 stage_numel = 0;  // the largest ZeRO region whose group cannot write host memory
+  for (const auto& r : regions_) {
+    if (r->zero && r->group->device() != Device::cpu) {
+      stage_numel = std::max(stage_numel, r->length());
+    }
+  }
+  Buffer stage;  // freed on return
+  if (stage_numel > 0) {
+    stage = Buffer(backend_.allocator(), static_cast<std::size_t>(stage_numel) * sizeof(float),
+                   "optimizer state gather");
+  }
   for (const std::string& name : optimizer_state_names()) {
     std::vector<float> full(static_cast<std::size_t>(params.padded_numel()), 0.0f);
     const Tensor host(full.data(), DType::f32, Device::cpu, Shape{params.padded_numel()});
@@ -390,7 +402,13 @@ std::vector<std::vector<float>> Engine::gather_optimizer_state() {
       }
       const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
       backend_.copy(st, shard);
-      r->group->all_gather(shard, host_region);
+      if (r->group->device() == Device::cpu) {
+        r->group->all_gather(shard, host_region);
+        continue;
+      }
+      const Tensor staged = stage.view(DType::f32, Shape{r->length()});
+      r->group->all_gather(shard, staged);
+      backend_.copy(staged, host_region);
     }
     out.push_back(std::move(full));
   }

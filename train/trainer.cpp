@@ -76,6 +76,7 @@ struct Trainer::State {
   std::int64_t tokens_at_start = 0;          // and its token count
   std::unique_ptr<CheckpointWriter> writer;  // rank 0
   State(const Config& c, Runtime& r) : cfg(c), rt(r) {}
+  // The host (MPI) world: bookkeeping scalars, the error text and the checkpoint's host vectors.
   Communicator* world() { return groups ? &groups->world() : nullptr; }
   bool root() const { return rt.rank() == 0; }
   int dp_rank() const { return groups ? groups->coords().dp_rank : 0; }
