@@ -54,47 +54,66 @@ std::vector<SnapshotTensor> tensors_of(const Json& a) {
   return ts;
 }
 
-// This rank's owned slices: weights and, per optimizer state, the same slices of the state.
-SnapshotPart own_part(Engine& engine, Backend& backend,
-                      const std::vector<std::vector<float>>& state) {
+// This rank's owned slices as views into the whole store's flat host vectors (no second copy):
+// a weight at offset_of(i) of the parameters, state k at k·padded_numel + offset_of(i). In
+// MODEL.md's order (the store keeps the experts last), as one rank's files always were.
+void list_owned(Engine& engine, std::vector<SnapshotTensor>& weights,
+                std::vector<SnapshotTensor>& states) {
   const ParameterStore& params = engine.model().params();
   const std::vector<std::string> names = engine.optimizer_state_names();
-  SnapshotPart part;
-  std::vector<float> all(static_cast<std::size_t>(params.padded_numel()));
-  backend.copy(params.flat_params(),
-               Tensor(all.data(), DType::f32, Device::cpu, Shape{params.padded_numel()}));
-  backend.synchronize();
-  // In MODEL.md's order (the store keeps the experts last), as one rank's files always were.
+  weights.clear();
+  states.clear();
   for (const ModelParam& mp : model_parameters(engine.config().model)) {
     const int id = params.find(mp.name);
     if (id < 0 || !engine.owns(id)) continue;
     const ParamSpec& s = params.spec(id);
-    const i64 n = s.shape.numel(), at = params.offset_of(id);
-    part.weights.push_back({s.name, shape_vector(s.shape), shape_vector(s.global_shape), s.offset,
-                            static_cast<i64>(part.params.size())});
-    part.params.insert(part.params.end(), all.begin() + at, all.begin() + at + n);
+    weights.push_back({s.name, shape_vector(s.shape), shape_vector(s.global_shape), s.offset,
+                       params.offset_of(id)});
     for (std::size_t k = 0; k < names.size(); ++k) {
-      part.states.push_back({s.name + "." + names[k], shape_vector(s.shape),
-                             shape_vector(s.global_shape), s.offset,
-                             static_cast<i64>(part.optimizer_state.size())});
-      part.optimizer_state.insert(part.optimizer_state.end(), state[k].begin() + at,
-                                  state[k].begin() + at + n);
+      states.push_back({s.name + "." + names[k], shape_vector(s.shape),
+                        shape_vector(s.global_shape), s.offset,
+                        static_cast<i64>(k) * params.padded_numel() + params.offset_of(id)});
     }
   }
-  return part;
+}
+
+// The listed tensors copied out of `flat` back to back (what a rank sends to rank 0); their
+// flat offsets are rewritten to the packed positions.
+std::vector<float> pack(std::vector<SnapshotTensor>& ts, const std::vector<float>& flat) {
+  std::vector<float> out;
+  for (SnapshotTensor& t : ts) {
+    i64 n = 1;
+    for (i64 d : t.shape) n *= d;
+    const i64 at = t.flat_offset;
+    t.flat_offset = static_cast<i64>(out.size());
+    out.insert(out.end(), flat.begin() + at, flat.begin() + at + n);
+  }
+  return out;
 }
 
 }  // namespace
 
 void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
                      CheckpointSnapshot& out) {
-  const std::vector<std::vector<float>> state = engine.gather_optimizer_state();
-  SnapshotPart mine = own_part(engine, backend, state);
-  out.parts.clear();
   const int rank = world ? world->rank() : 0;
+  // Rank 0 fills the writer's snapshot in place: its vectors keep their capacity (and their
+  // first-touched pages) from save to save, so a save costs one copy of each value.
+  std::vector<float> local_params, local_state;
+  std::vector<float>& params = rank == 0 ? out.params : local_params;
+  std::vector<float>& state = rank == 0 ? out.optimizer_state : local_state;
+  const ParameterStore& store = engine.model().params();
+  params.resize(static_cast<std::size_t>(store.padded_numel()));
+  backend.copy(store.flat_params(),
+               Tensor(params.data(), DType::f32, Device::cpu, Shape{store.padded_numel()}));
+  engine.gather_optimizer_state(state);  // collective over the data-parallel groups
+  std::vector<SnapshotTensor> weights, states;
+  list_owned(engine, weights, states);
+  out.parts.clear();
   if (rank != 0) {
-    const std::string index =
-        dump_json(index_of(mine.weights)) + "\n" + dump_json(index_of(mine.states));
+    SnapshotPart mine;
+    mine.params = pack(weights, params);
+    mine.optimizer_state = pack(states, state);
+    const std::string index = dump_json(index_of(weights)) + "\n" + dump_json(index_of(states));
     std::vector<i64> header{static_cast<i64>(index.size()), static_cast<i64>(mine.params.size()),
                             static_cast<i64>(mine.optimizer_state.size())};
     world->send(header.data(), 3, DType::i64, 0, kHeaderTag);
@@ -106,10 +125,8 @@ void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
     world->send(mine.optimizer_state.data(), header[2], DType::f32, 0, kStateTag);
     return;
   }
-  out.weights = std::move(mine.weights);
-  out.params = std::move(mine.params);
-  out.states = std::move(mine.states);
-  out.optimizer_state = std::move(mine.optimizer_state);
+  out.weights = std::move(weights);
+  out.states = std::move(states);
   for (int r = 1; world && r < world->size(); ++r) {
     std::vector<i64> header(3);
     world->recv(header.data(), 3, DType::i64, r, kHeaderTag);

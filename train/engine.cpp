@@ -376,9 +376,11 @@ std::vector<std::string> Engine::optimizer_state_names() const {
 // A ZeRO region's shards are all-gathered by its (tensor) group: MPI gathers straight into the
 // host vector; a device communicator (NCCL) gathers into a device staging buffer the size of the
 // largest such region, which is then copied to the host.
-std::vector<std::vector<float>> Engine::gather_optimizer_state() {
+void Engine::gather_optimizer_state(std::vector<float>& out) {
   const ParameterStore& params = model_->params();
-  std::vector<std::vector<float>> out;
+  const std::vector<std::string> names = optimizer_state_names();
+  const auto padded = static_cast<std::size_t>(params.padded_numel());
+  out.resize(padded * names.size());  // keeps its capacity (and first-touched pages) between saves
   i64 stage_numel = 0;  // the largest ZeRO region whose group cannot write host memory
   for (const auto& r : regions_) {
     if (r->zero && r->group->device() != Device::cpu) {
@@ -390,9 +392,11 @@ std::vector<std::vector<float>> Engine::gather_optimizer_state() {
     stage = Buffer(backend_.allocator(), static_cast<std::size_t>(stage_numel) * sizeof(float),
                    "optimizer state gather");
   }
-  for (const std::string& name : optimizer_state_names()) {
-    std::vector<float> full(static_cast<std::size_t>(params.padded_numel()), 0.0f);
-    const Tensor host(full.data(), DType::f32, Device::cpu, Shape{params.padded_numel()});
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const std::string& name = names[k];
+    float* full = out.data() + k * padded;
+    std::fill(full, full + padded, 0.0f);  // the padding between parameters
+    const Tensor host(full, DType::f32, Device::cpu, Shape{params.padded_numel()});
     for (auto& r : regions_) {
       const Tensor st = r->optimizer->state(name);  // [opt_end − opt_begin]
       const Tensor host_region = host.slice(0, r->begin, r->length());
@@ -410,10 +414,8 @@ std::vector<std::vector<float>> Engine::gather_optimizer_state() {
       r->group->all_gather(shard, staged);
       backend_.copy(staged, host_region);
     }
-    out.push_back(std::move(full));
   }
   backend_.synchronize();
-  return out;
 }
 
 void Engine::scatter_optimizer_state(const std::vector<std::vector<float>>& state) {

@@ -53,10 +53,11 @@ class Engine {
   // collective), so every layout evaluates the same tokens.
   double evaluate(const std::function<Batch()>& next, int n);
 
-  // The optimizer's state tensors by name ("exp_avg", ...), each as the whole store's flat
-  // [padded_numel] host vector (gathered over the data-parallel shards with ZeRO; collective).
+  // The optimizer's state tensors by name ("exp_avg", ...), written into `out` back to back,
+  // each as the whole store's flat [padded_numel] (gathered over the data-parallel shards with
+  // ZeRO; collective): state k of parameter i is at k·padded_numel + offset_of(i).
   std::vector<std::string> optimizer_state_names() const;
-  std::vector<std::vector<float>> gather_optimizer_state();
+  void gather_optimizer_state(std::vector<float>& out);
   // The reverse: every rank keeps its range of the given whole-store vectors.
   void scatter_optimizer_state(const std::vector<std::vector<float>>& state);
   // Whether this rank writes parameter i to checkpoints (and counts it in the gradient norm):
