@@ -536,4 +536,16 @@ void append_json_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
+Json int_array(const std::vector<std::int64_t>& v) {
+  Json a = Json::array();
+  for (std::int64_t x : v) a.push_back(Json(x));
+  return a;
+}
+
+std::vector<std::int64_t> read_int_array(const Json& j, const std::string& what) {
+  std::vector<std::int64_t> v;
+  for (const Json& x : j.as_array(what)) v.push_back(x.as_int(what));
+  return v;
+}
+
 }  // namespace linmoe

@@ -78,6 +78,10 @@ class Json {
 // Parses one JSON text (surrounding whitespace allowed). Errors are UserErrors
 // "<source>:<line>:<col>: <what>". Duplicate keys keep the last value (as most readers do).
 Json parse_json(std::string_view text, const std::string& source = "<json>");
+
+// [1, 2, 3] from integers, and back (UserError naming `what` when it is not an integer array).
+Json int_array(const std::vector<std::int64_t>& v);
+std::vector<std::int64_t> read_int_array(const Json& j, const std::string& what);
 // Reads and parses a file; errors name the path.
 Json read_json_file(const std::string& path);
 

@@ -161,37 +161,41 @@ std::vector<double> compose_outgoing_gradient(const StateDims& d, const std::vec
   return g;
 }
 
-Tensor incoming_state(LayerContext& ctx, const StateDims& d, const Tensor& transition,
-                      const CoreForward& run) {
-  const DType st = stat_dtype(ctx.dtype);
-  const Shape state{d.B, d.H, d.Dk, d.Dv};
-  const Tensor s_in = ctx.saved.allocate(st, state);  // [B, H, Dk, Dv]
+namespace {
+
+// The one exchange both directions share: run(undefined, summary) fills this piece's summary
+// (M_r forward, h_r backward) in scratch, ONE all-gather of (summary, P) over cp, then
+// compose(...) on the host writes the result into `out`.
+using Compose = std::vector<double> (*)(const StateDims&, const std::vector<double>&, int);
+void exchange(LayerContext& ctx, const StateDims& d, const Tensor& transition,
+              const std::function<void(const Tensor&, const Tensor&)>& run, Compose compose,
+              const Tensor& out) {
   std::vector<double> packed;
   {
     ScratchScope scope(ctx.scratch);
-    const Tensor m = ctx.temp(st, state);  // [B, H, Dk, Dv] M_r
-    run(Tensor{}, m);
-    packed = gather_summaries(ctx, d, m, transition);
+    const Tensor mine = ctx.temp(out.dtype, out.shape);  // [B, H, Dk, Dv]
+    run(Tensor{}, mine);
+    packed = gather_summaries(ctx, d, mine, transition);
   }
-  std::vector<double> s = compose_incoming(d, packed, cp_comm(ctx).rank());
-  ctx.backend.copy(host_f64(s.data(), d.state_numel()), s_in);
+  std::vector<double> r = compose(d, packed, cp_comm(ctx).rank());
+  ctx.backend.copy(host_f64(r.data(), d.state_numel()), out);
+}
+
+}  // namespace
+
+Tensor incoming_state(LayerContext& ctx, const StateDims& d, const Tensor& transition,
+                      const CoreForward& run) {
+  const Tensor s_in =
+      ctx.saved.allocate(stat_dtype(ctx.dtype), Shape{d.B, d.H, d.Dk, d.Dv});  // [B, H, Dk, Dv]
+  exchange(ctx, d, transition, run, compose_incoming, s_in);
   return s_in;
 }
 
 Tensor outgoing_state_gradient(LayerContext& ctx, const StateDims& d, const Tensor& transition,
                                const CoreBackward& run) {
-  const DType st = stat_dtype(ctx.dtype);
-  const Shape state{d.B, d.H, d.Dk, d.Dv};
-  const Tensor d_out = ctx.temp(st, state);  // [B, H, Dk, Dv] ∂L/∂S_out(r), the caller's scope
-  std::vector<double> packed;
-  {
-    ScratchScope scope(ctx.scratch);
-    const Tensor h = ctx.temp(st, state);  // [B, H, Dk, Dv] h_r
-    run(Tensor{}, h);
-    packed = gather_summaries(ctx, d, h, transition);
-  }
-  std::vector<double> g = compose_outgoing_gradient(d, packed, cp_comm(ctx).rank());
-  ctx.backend.copy(host_f64(g.data(), d.state_numel()), d_out);
+  // ∂L/∂S_out(r) [B, H, Dk, Dv] in the caller's scratch scope.
+  const Tensor d_out = ctx.temp(stat_dtype(ctx.dtype), Shape{d.B, d.H, d.Dk, d.Dv});
+  exchange(ctx, d, transition, run, compose_outgoing_gradient, d_out);
   return d_out;
 }
 

@@ -23,10 +23,6 @@ constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kMetaFile = "meta.json";
 
-std::vector<std::int64_t> shape_vector(const Shape& s) {
-  return s.to_vector();
-}
-
 std::string shape_text(const std::vector<std::int64_t>& s) {
   return Shape(s).str();
 }
@@ -68,18 +64,6 @@ std::string read_latest(const std::string& root) {
   std::getline(in, name);
   while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
   return name;
-}
-
-Json int_array(const std::vector<std::int64_t>& v) {
-  Json a = Json::array();
-  for (std::int64_t x : v) a.push_back(Json(x));
-  return a;
-}
-
-std::vector<std::int64_t> read_int_array(const Json& j, const std::string& what) {
-  std::vector<std::int64_t> v;
-  for (const Json& x : j.as_array(what)) v.push_back(x.as_int(what));
-  return v;
 }
 
 // Writes one safetensors file of snapshot tensors with their slice metadata.
@@ -189,7 +173,7 @@ std::int64_t copy_from_pieces(const std::vector<Piece>& pieces,
 std::vector<float> gather_slice(const LoadedCheckpoint& ckpt,
                                 const std::map<std::string, std::vector<Piece>>& index,
                                 const std::string& name, const ParamSpec& spec) {
-  const std::vector<std::int64_t> global = shape_vector(spec.global_shape);
+  const std::vector<std::int64_t> global = spec.global_shape.to_vector();
   auto it = index.find(name);
   if (it == index.end()) {
     throw UserError(str_cat("checkpoint ", ckpt.dir,
@@ -206,7 +190,7 @@ std::vector<float> gather_slice(const LoadedCheckpoint& ckpt,
   }
   std::vector<float> out(static_cast<std::size_t>(spec.shape.numel()));
   const std::int64_t n =
-      copy_from_pieces(it->second, spec.offset, shape_vector(spec.shape), out.data());
+      copy_from_pieces(it->second, spec.offset, spec.shape.to_vector(), out.data());
   if (n != spec.shape.numel()) {
     throw UserError(str_cat("checkpoint ", ckpt.dir, ": the pieces of '", name, "' cover ", n,
                             " of the ", spec.shape.numel(), " values this rank needs"));
@@ -238,7 +222,7 @@ void prepare_snapshot(const ParameterStore& params, const Optimizer& optimizer,
     out.states.clear();
     for (std::size_t i = 0; i < params.size(); ++i) {
       const ParamSpec& s = params.spec(static_cast<int>(i));
-      out.weights.push_back({s.name, shape_vector(s.shape), shape_vector(s.global_shape), s.offset,
+      out.weights.push_back({s.name, s.shape.to_vector(), s.global_shape.to_vector(), s.offset,
                              params.offset_of(static_cast<int>(i))});
     }
     for (std::size_t k = 0; k < states.size(); ++k) {

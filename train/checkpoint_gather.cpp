@@ -6,6 +6,7 @@
 
 #include "core/json.h"
 #include "layers/model_spec.h"
+#include "parallel/host_text.h"
 
 namespace linmoe {
 namespace {
@@ -13,22 +14,6 @@ namespace {
 using i64 = std::int64_t;
 
 constexpr int kHeaderTag = 101, kIndexTag = 102, kParamsTag = 103, kStateTag = 104;
-
-std::vector<i64> shape_vector(const Shape& s) {
-  return s.to_vector();
-}
-
-Json int_array(const std::vector<i64>& v) {
-  Json a = Json::array();
-  for (i64 x : v) a.push_back(x);
-  return a;
-}
-
-std::vector<i64> ints(const Json& j) {
-  std::vector<i64> v;
-  for (const Json& x : j.as_array()) v.push_back(x.as_int());
-  return v;
-}
 
 // The tensors of one rank, as a JSON index (sent as bytes) and their values.
 Json index_of(const std::vector<SnapshotTensor>& ts) {
@@ -48,8 +33,9 @@ Json index_of(const std::vector<SnapshotTensor>& ts) {
 std::vector<SnapshotTensor> tensors_of(const Json& a) {
   std::vector<SnapshotTensor> ts;
   for (const Json& o : a.as_array()) {
-    ts.push_back({o.at("name").as_string(), ints(o.at("shape")), ints(o.at("global_shape")),
-                  ints(o.at("offset")), o.at("flat_offset").as_int()});
+    ts.push_back({o.at("name").as_string(), read_int_array(o.at("shape"), "shape"),
+                  read_int_array(o.at("global_shape"), "global_shape"),
+                  read_int_array(o.at("offset"), "offset"), o.at("flat_offset").as_int()});
   }
   return ts;
 }
@@ -67,11 +53,11 @@ void list_owned(Engine& engine, std::vector<SnapshotTensor>& weights,
     const int id = params.find(mp.name);
     if (id < 0 || !engine.owns(id)) continue;
     const ParamSpec& s = params.spec(id);
-    weights.push_back({s.name, shape_vector(s.shape), shape_vector(s.global_shape), s.offset,
-                       params.offset_of(id)});
+    weights.push_back(
+        {s.name, s.shape.to_vector(), s.global_shape.to_vector(), s.offset, params.offset_of(id)});
     for (std::size_t k = 0; k < names.size(); ++k) {
-      states.push_back({s.name + "." + names[k], shape_vector(s.shape),
-                        shape_vector(s.global_shape), s.offset,
+      states.push_back({s.name + "." + names[k], s.shape.to_vector(), s.global_shape.to_vector(),
+                        s.offset,
                         static_cast<i64>(k) * params.padded_numel() + params.offset_of(id)});
     }
   }
@@ -113,33 +99,27 @@ void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
     SnapshotPart mine;
     mine.params = pack(weights, params);
     mine.optimizer_state = pack(states, state);
-    const std::string index = dump_json(index_of(weights)) + "\n" + dump_json(index_of(states));
-    std::vector<i64> header{static_cast<i64>(index.size()), static_cast<i64>(mine.params.size()),
-                            static_cast<i64>(mine.optimizer_state.size())};
-    world->send(header.data(), 3, DType::i64, 0, kHeaderTag);
-    // The index text as bytes in i32 words (the Communicator moves typed elements).
-    std::vector<std::int32_t> words((index.size() + 3) / 4, 0);
-    std::memcpy(words.data(), index.data(), index.size());
-    world->send(words.data(), static_cast<i64>(words.size()), DType::i32, 0, kIndexTag);
-    world->send(mine.params.data(), header[1], DType::f32, 0, kParamsTag);
-    world->send(mine.optimizer_state.data(), header[2], DType::f32, 0, kStateTag);
+    send_text(*world, dump_json(index_of(weights)) + "\n" + dump_json(index_of(states)), 0,
+              kIndexTag);
+    const std::vector<i64> sizes{static_cast<i64>(mine.params.size()),
+                                 static_cast<i64>(mine.optimizer_state.size())};
+    world->send(sizes.data(), 2, DType::i64, 0, kHeaderTag);
+    world->send(mine.params.data(), sizes[0], DType::f32, 0, kParamsTag);
+    world->send(mine.optimizer_state.data(), sizes[1], DType::f32, 0, kStateTag);
     return;
   }
   out.weights = std::move(weights);
   out.states = std::move(states);
   for (int r = 1; world && r < world->size(); ++r) {
-    std::vector<i64> header(3);
-    world->recv(header.data(), 3, DType::i64, r, kHeaderTag);
-    std::vector<std::int32_t> words(static_cast<std::size_t>((header[0] + 3) / 4));
-    world->recv(words.data(), static_cast<i64>(words.size()), DType::i32, r, kIndexTag);
-    std::string index(static_cast<std::size_t>(header[0]), '\0');
-    std::memcpy(index.data(), words.data(), index.size());
+    const std::string index = recv_text(*world, r, kIndexTag);
+    std::vector<i64> sizes(2);
+    world->recv(sizes.data(), 2, DType::i64, r, kHeaderTag);
     SnapshotPart p;
     p.rank = r;
-    p.params.resize(static_cast<std::size_t>(header[1]));
-    p.optimizer_state.resize(static_cast<std::size_t>(header[2]));
-    world->recv(p.params.data(), header[1], DType::f32, r, kParamsTag);
-    world->recv(p.optimizer_state.data(), header[2], DType::f32, r, kStateTag);
+    p.params.resize(static_cast<std::size_t>(sizes[0]));
+    p.optimizer_state.resize(static_cast<std::size_t>(sizes[1]));
+    world->recv(p.params.data(), sizes[0], DType::f32, r, kParamsTag);
+    world->recv(p.optimizer_state.data(), sizes[1], DType::f32, r, kStateTag);
     const std::size_t cut = index.find('\n');
     p.weights = tensors_of(parse_json(index.substr(0, cut), "checkpoint index"));
     p.states = tensors_of(parse_json(index.substr(cut + 1), "checkpoint index"));

@@ -83,11 +83,6 @@ Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
     regions_.push_back(std::move(r));
   }
 
-  // MoE rows of the step's expert-load table: one per layer of the whole model.
-  moe_layer_index_.assign(static_cast<std::size_t>(cfg_.model.num_layers), -1);
-  if (cfg_.model.moe.num_experts > 0) {
-    for (int l = 0; l < cfg_.model.num_layers; ++l) moe_layer_index_[l] = moe_layers_++;
-  }
   if (groups_ && groups_->layout().pp > 1) {
     model_->set_slots(std::min(groups_->layout().pp, cfg_.parallel.micro_batches));
   }
@@ -114,15 +109,15 @@ void Engine::add_losses(const MicroBatchLosses& l, StepResult& r) {
   r.lm_loss += l.lm_loss;
   r.aux_loss += l.aux_loss;
   r.z_loss += l.z_loss;
-  if (r.expert_load.empty()) {
-    r.expert_load.assign(static_cast<std::size_t>(moe_layers_),
+  // The expert-load table has a row per layer of the whole model (every FFN is MoE when
+  // num_experts > 0); this stage's rows start at its first layer.
+  if (r.expert_load.empty() && cfg_.model.moe.num_experts > 0) {
+    r.expert_load.assign(static_cast<std::size_t>(cfg_.model.num_layers),
                          std::vector<double>(static_cast<std::size_t>(cfg_.model.moe.num_experts)));
   }
-  // This stage's MoE layers are its layers in order.
-  const int first = model_->plan().first_layer();
+  const auto first = static_cast<std::size_t>(model_->plan().first_layer());
   for (std::size_t k = 0; k < l.expert_load.size(); ++k) {
-    const int row = moe_layer_index_[static_cast<std::size_t>(first) + k];
-    std::vector<double>& dst = r.expert_load[static_cast<std::size_t>(row)];
+    std::vector<double>& dst = r.expert_load[first + k];
     LINMOE_CHECK(l.expert_load[k].size() == dst.size(), "expert load of ", l.expert_load[k].size(),
                  " experts, expected ", dst.size());
     for (std::size_t e = 0; e < dst.size(); ++e) {

@@ -80,9 +80,7 @@ class Engine {
   const ProcessGroups* groups_;
   std::unique_ptr<Model> model_;
   std::vector<std::unique_ptr<Region>> regions_;  // dense, expert (when present)
-  std::vector<int> moe_layer_index_;              // global layer -> MoE row (-1: none)
-  int moe_layers_ = 0;
-  Buffer pipe_in_, pipe_grad_, tied_grad_;  // pipeline transfers, the tied copy's gradient
+  Buffer pipe_in_, pipe_grad_, tied_grad_;        // pipeline transfers, the tied copy's gradient
 };
 
 }  // namespace linmoe

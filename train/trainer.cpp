@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "layers/cost.h"
 #include "layers/model.h"
+#include "parallel/host_text.h"
 #include "parallel/process_groups.h"
 #include "parallel/runtime.h"
 #include "train/checkpoint.h"
@@ -169,17 +170,9 @@ std::int64_t Trainer::load_checkpoint(bool with_optimizer) {
     error = e.what();
   }
   if (Communicator* world = s_->world()) {
-    const auto failing = static_cast<std::int64_t>(
-        world->all_reduce_min(error.empty() ? world->size() : world->rank()));
-    if (failing < world->size()) {
-      std::int64_t n = static_cast<std::int64_t>(error.size());
-      world->broadcast(&n, 1, DType::i64, static_cast<int>(failing));
-      std::vector<std::int32_t> words(static_cast<std::size_t>((n + 3) / 4), 0);
-      if (world->rank() == failing) std::memcpy(words.data(), error.data(), error.size());
-      world->broadcast(words.data(), static_cast<std::int64_t>(words.size()), DType::i32,
-                       static_cast<int>(failing));
-      error.assign(reinterpret_cast<const char*>(words.data()), static_cast<std::size_t>(n));
-    }
+    const int failing =
+        static_cast<int>(world->all_reduce_min(error.empty() ? world->size() : world->rank()));
+    if (failing < world->size()) broadcast_text(*world, error, failing);
   }
   if (!error.empty()) throw UserError(error);
   if (with_optimizer) s_->train_data->set_consumed_samples(ckpt->consumed_samples);

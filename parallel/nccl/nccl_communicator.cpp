@@ -7,10 +7,12 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/cuda/cuda_check.h"
 #include "parallel/mpi_check.h"
 #include "parallel/mpi_communicator.h"
 
-// NCCL_CHECK: names the call, file, line, rank and host, then ends every rank.
+// NCCL_CHECK: names the call, file, line, rank and host, then ends every rank (the NCCL member
+// of the family in kernels/cuda/cuda_check.h).
 #define NCCL_CHECK(call)                                                      \
   do {                                                                        \
     ncclResult_t linmoe_nccl_res_ = (call);                                   \
@@ -19,15 +21,6 @@
           #call, __FILE__, __LINE__,                                          \
           ::linmoe::str_cat("NCCL: ", ncclGetErrorString(linmoe_nccl_res_))); \
     }                                                                         \
-  } while (0)
-
-#define LINMOE_CUDA_RT_CHECK(call)                                          \
-  do {                                                                      \
-    cudaError_t linmoe_cuda_err_ = (call);                                  \
-    if (linmoe_cuda_err_ != cudaSuccess) {                                  \
-      ::linmoe::detail::check_failed(#call, __FILE__, __LINE__,             \
-                                     cudaGetErrorString(linmoe_cuda_err_)); \
-    }                                                                       \
   } while (0)
 
 namespace linmoe {
@@ -199,20 +192,20 @@ void NcclCommunicator::do_broadcast(void* data, std::int64_t count, DType dtype,
 
 void NcclCommunicator::do_barrier() {
   // Every rank's enqueued work is done, then the ranks meet.
-  LINMOE_CUDA_RT_CHECK(cudaStreamSynchronize(s_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(s_->stream));
   s_->host.barrier();
 }
 
 void NcclCommunicator::do_host_all_reduce(void* data, std::int64_t count, DType dtype,
                                           ReduceOp op) {
   // Host values: device work they may depend on must be finished first.
-  LINMOE_CUDA_RT_CHECK(cudaStreamSynchronize(s_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(s_->stream));
   s_->host.all_reduce(data, count, dtype, op);
 }
 
 void NcclCommunicator::do_host_all_gather(const void* in, void* out, std::int64_t count,
                                           DType dtype) {
-  LINMOE_CUDA_RT_CHECK(cudaStreamSynchronize(s_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(s_->stream));
   s_->host.all_gather(in, out, count, dtype);
 }
 
