@@ -242,7 +242,10 @@ void take_snapshot(const ParameterStore& params, const Optimizer& optimizer, Bac
   prepare_snapshot(params, optimizer, out);
   const std::int64_t n = params.padded_numel();
   const std::vector<std::string> states = optimizer.state_names();
-  backend.copy(params.flat_params(), Tensor(out.params.data(), DType::f32, Device::cpu, Shape{n}));
+  LINMOE_CHECK(optimizer.begin() == 0 && optimizer.end() == n,
+               "take_snapshot needs the whole store's optimizer (one rank)");
+  backend.copy(optimizer.master_weights(), Tensor(out.params.data(), DType::f32, Device::cpu,
+                                                  Shape{n}));  // fp32 (master) weights
   for (std::size_t k = 0; k < states.size(); ++k) {
     backend.copy(optimizer.state(states[k]),
                  Tensor(out.optimizer_state.data() + k * static_cast<std::size_t>(n), DType::f32,
@@ -489,16 +492,21 @@ void restore_optimizer(const LoadedCheckpoint& ckpt, const ParameterStore& param
                      dst.reshape(spec.shape));
     }
   }
+  if (optimizer.has_master_copy()) {  // the full-precision weights behind a bf16 store
+    const std::vector<float> master = restore_flat_values(ckpt, params, "model", "");
+    optimizer.set_master_weights(Tensor(const_cast<float*>(master.data()), DType::f32, Device::cpu,
+                                        Shape{params.padded_numel()}));
+  }
   backend.synchronize();
 }
 
-std::vector<float> restore_optimizer_state(const LoadedCheckpoint& ckpt,
-                                           const ParameterStore& params, const std::string& state) {
-  const auto index = index_pieces(ckpt, "optimizer");
+std::vector<float> restore_flat_values(const LoadedCheckpoint& ckpt, const ParameterStore& params,
+                                       const std::string& role, const std::string& suffix) {
+  const auto index = index_pieces(ckpt, role);
   std::vector<float> flat(static_cast<std::size_t>(params.padded_numel()), 0.0f);
   for (std::size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& spec = params.spec(static_cast<int>(i));
-    const std::vector<float> v = gather_slice(ckpt, index, spec.name + "." + state, spec);
+    const std::vector<float> v = gather_slice(ckpt, index, spec.name + suffix, spec);
     std::copy(v.begin(), v.end(), flat.begin() + params.offset_of(static_cast<int>(i)));
   }
   return flat;

@@ -119,10 +119,11 @@ void restore_parameters(const LoadedCheckpoint& ckpt, ParameterStore& params, Ba
 void restore_optimizer(const LoadedCheckpoint& ckpt, const ParameterStore& params,
                        Optimizer& optimizer, Backend& backend);
 
-// One optimizer state ("exp_avg", ...) of every parameter in `params`, as the store's flat
-// [padded_numel] host vector (padding 0), assembled from the checkpoint's pieces.
-std::vector<float> restore_optimizer_state(const LoadedCheckpoint& ckpt,
-                                           const ParameterStore& params, const std::string& state);
+// The tensors "<param><suffix>" of one role of every parameter in `params`, as the store's flat
+// [padded_numel] fp32 host vector (padding 0), assembled from the checkpoint's pieces: role
+// "model" and suffix "" for the (master) weights, "optimizer" and ".exp_avg" for a state.
+std::vector<float> restore_flat_values(const LoadedCheckpoint& ckpt, const ParameterStore& params,
+                                       const std::string& role, const std::string& suffix);
 
 // Every model tensor of the checkpoint, whole (global shape), in the order of `names`
 // (tests and `linmoe convert`). UserError when a tensor is missing or not fully covered.

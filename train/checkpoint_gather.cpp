@@ -87,10 +87,7 @@ void gather_snapshot(Engine& engine, Backend& backend, Communicator* world,
   std::vector<float> local_params, local_state;
   std::vector<float>& params = rank == 0 ? out.params : local_params;
   std::vector<float>& state = rank == 0 ? out.optimizer_state : local_state;
-  const ParameterStore& store = engine.model().params();
-  params.resize(static_cast<std::size_t>(store.padded_numel()));
-  backend.copy(store.flat_params(),
-               Tensor(params.data(), DType::f32, Device::cpu, Shape{store.padded_numel()}));
+  engine.gather_master_weights(params);  // fp32 (the master copy under bf16); collective
   engine.gather_optimizer_state(state);  // collective over the data-parallel groups
   std::vector<SnapshotTensor> weights, states;
   list_owned(engine, weights, states);
@@ -133,10 +130,15 @@ void restore_engine(const LoadedCheckpoint& ckpt, Engine& engine, Backend& backe
   std::vector<std::string> names;
   for (const ModelParam& p : model_parameters(engine.config().model)) names.push_back(p.name);
   restore_parameters(ckpt, params, backend, &names);
+  // bf16 weights: the optimizer's master copy takes the checkpoint's fp32 values, not the
+  // store's rounded ones.
+  if (engine.compute_dtype() != DType::f32) {
+    engine.scatter_master_weights(restore_flat_values(ckpt, params, "model", ""));
+  }
   if (!with_optimizer) return;
   std::vector<std::vector<float>> state;
   for (const std::string& name : engine.optimizer_state_names()) {
-    state.push_back(restore_optimizer_state(ckpt, params, name));
+    state.push_back(restore_flat_values(ckpt, params, "optimizer", "." + name));
   }
   engine.scatter_optimizer_state(state);
 }

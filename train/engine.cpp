@@ -44,12 +44,19 @@ struct Engine::Region {
 };
 
 Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
-    : cfg_(cfg), backend_(backend), groups_(groups) {
-  model_ =
-      std::make_unique<Model>(cfg_.model, backend_, DType::f32, plan_for(cfg_, groups_), groups_);
+    : cfg_(cfg),
+      backend_(backend),
+      groups_(groups),
+      dtype_(cfg.train.precision == Precision::bf16 ? DType::bf16 : DType::f32) {
+  model_ = std::make_unique<Model>(cfg_.model, backend_, dtype_, plan_for(cfg_, groups_), groups_);
   model_->initialize(cfg_.run.seed);
   model_->set_recompute(cfg_.train.recompute);
   const ParameterStore& params = model_->params();
+  if (dtype_ != DType::f32) {
+    main_grads_ = Buffer(backend_.allocator(),
+                         static_cast<std::size_t>(params.padded_numel()) * sizeof(float),
+                         "main gradients (fp32)");
+  }
   const std::vector<ShardedParam>& sharded = model_->sharded_params();
 
   // The store's regions (layers/model.cpp): dense parameters, then the routed experts, each
@@ -96,6 +103,26 @@ Tensor Engine::persistent(Buffer& b, DType dtype, const Shape& shape, const char
   return b.view(dtype, shape);
 }
 
+Tensor Engine::grads() const {
+  const ParameterStore& params = model_->params();
+  if (dtype_ == DType::f32) return params.flat_grads();
+  return main_grads_.view(DType::f32, Shape{params.padded_numel()});
+}
+
+Tensor Engine::grad(int i) const {
+  const ParameterStore& params = model_->params();
+  return grads()
+      .slice(0, params.offset_of(i), params.spec(i).shape.numel())
+      .reshape(params.spec(i).shape);
+}
+
+void Engine::accumulate_micro_batch_grads() {
+  if (dtype_ == DType::f32) return;
+  const Tensor g = model_->params().flat_grads();
+  backend_.axpy(1.0, g, grads());  // bf16 → f32, then the model's copy starts again from 0
+  backend_.fill(g, 0.0);
+}
+
 bool Engine::owns(int i) const {
   const ShardedParam& p = model_->sharded_params()[static_cast<std::size_t>(i)];
   if (p.tied_copy) return false;
@@ -132,6 +159,7 @@ void Engine::run_micro_batches(const std::function<Batch()>& next, StepResult& r
   for (int j = 0; j < M; ++j) {
     Batch b = next();
     add_losses(model_->forward_backward(b.tokens, b.targets, 1.0 / (M * dp)), r);
+    accumulate_micro_batch_grads();
   }
 }
 
@@ -149,8 +177,8 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
   const double scale = 1.0 / (M * dp);
   const i64 N = i64{cfg_.train.micro_batch_size} * (cfg_.train.seq_len / layout.cp);
   const Shape hs{N, cfg_.model.hidden_size};
-  const Tensor h_in = persistent(pipe_in_, DType::f32, hs, "pipeline input");
-  const Tensor dh = persistent(pipe_grad_, DType::f32, hs, "pipeline output gradient");
+  const Tensor h_in = persistent(pipe_in_, dtype_, hs, "pipeline input");
+  const Tensor dh = persistent(pipe_grad_, dtype_, hs, "pipeline output gradient");
 
   int fwd = 0, bwd = 0;
   auto forward = [&]() -> Tensor {
@@ -161,7 +189,11 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
     ++fwd;
     return o.h;
   };
-  auto backward = [&]() -> Tensor { return model_->stage_backward(bwd++ % slots, dh); };
+  auto backward = [&]() -> Tensor {
+    const Tensor dx = model_->stage_backward(bwd++ % slots, dh);
+    accumulate_micro_batch_grads();
+    return dx;
+  };
 
   const int warmup = std::min(pp - s - 1, M), remaining = M - warmup;
   for (int i = 0; i < warmup; ++i) {
@@ -197,7 +229,7 @@ void Engine::reduce_gradients() {
   if (layout.tp > 1) {
     for (std::size_t i = 0; i < sharded.size(); ++i) {
       if (sharded[i].tp_partial_grad) {
-        groups_->tensor_group(GroupKind::tp).all_reduce(params.grad(static_cast<int>(i)));
+        groups_->tensor_group(GroupKind::tp).all_reduce(grad(static_cast<int>(i)));
       }
     }
   }
@@ -206,7 +238,7 @@ void Engine::reduce_gradients() {
     const int s = groups_->coords().pp_rank;
     if (s == 0 || s == layout.pp - 1) {
       const int i = params.index("embed.weight");
-      const Tensor g = params.grad(i);
+      const Tensor g = grad(i);
       const Tensor o = persistent(tied_grad_, g.dtype, g.shape, "tied embedding gradient");
       const int peer = s == 0 ? layout.pp - 1 : 0;
       groups_->tensor_group(GroupKind::pp)
@@ -214,7 +246,7 @@ void Engine::reduce_gradients() {
       backend_.axpy(1.0, o, g);
     }
   }
-  const Tensor flat = params.flat_grads();
+  const Tensor flat = grads();
   for (auto& r : regions_) {
     if (!r->group) continue;
     const Tensor region = flat.slice(0, r->begin, r->length());
@@ -231,7 +263,7 @@ void Engine::reduce_gradients() {
 
 double Engine::gradient_norm_squared() {
   const ParameterStore& params = model_->params();
-  const Tensor flat = params.flat_grads();
+  const Tensor flat = grads();
   double sum = 0;
   for (std::size_t i = 0; i < params.size(); ++i) {
     const int id = static_cast<int>(i);
@@ -291,6 +323,7 @@ void Engine::finish_losses(StepResult& r) {
 StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int64_t step) {
   ParameterStore& params = model_->params();
   backend_.fill(params.flat_grads(), 0.0);
+  if (dtype_ != DType::f32) backend_.fill(grads(), 0.0);
   StepResult r;
   if (groups_ && groups_->layout().pp > 1) {
     run_pipeline(next, r);
@@ -303,7 +336,7 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     std::string first = "none on this rank";
     for (std::size_t i = 0; i < params.size(); ++i) {
-      if (!backend_.all_finite(params.grad(static_cast<int>(i)))) {
+      if (!backend_.all_finite(grad(static_cast<int>(i)))) {
         first = params.spec(static_cast<int>(i)).name;
         break;
       }
@@ -314,19 +347,19 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
         true, 3);
   }
   const double clip = cfg_.optimizer.grad_clip;
-  const Tensor flat = params.flat_grads();
+  const Tensor flat = grads();
   for (auto& reg : regions_) {
     if (clip > 0 && r.grad_norm > clip && reg->opt_end > reg->opt_begin) {
       backend_.scale(flat.slice(0, reg->opt_begin, reg->opt_end - reg->opt_begin),
                      clip / (r.grad_norm + 1e-6));
     }
-    reg->optimizer->step(lr, step);
+    reg->optimizer->step(flat, lr, step);
   }
   // ZeRO: every replica takes the updated shards of the others.
   const Tensor weights = params.flat_params();
   for (auto& reg : regions_) {
     if (!reg->zero) continue;
-    const Tensor shard = reg->shard.view(DType::f32, Shape{reg->chunk});
+    const Tensor shard = reg->shard.view(dtype_, Shape{reg->chunk});  // f32 or bf16 weights
     backend_.copy(weights.slice(0, reg->opt_begin, reg->chunk), shard);
     reg->group->all_gather(shard, weights.slice(0, reg->begin, reg->length()));
   }
@@ -348,7 +381,7 @@ double Engine::evaluate(const std::function<Batch()>& next, int n) {
                 (cfg_.train.seq_len / (groups_ ? groups_->layout().cp : 1));
   Tensor h_in;
   if (pipelined && !first) {
-    h_in = persistent(pipe_in_, DType::f32, Shape{N, cfg_.model.hidden_size}, "pipeline input");
+    h_in = persistent(pipe_in_, dtype_, Shape{N, cfg_.model.hidden_size}, "pipeline input");
   }
   for (int i = 0; i < rounds; ++i) {
     Batch b = next();
@@ -371,11 +404,8 @@ std::vector<std::string> Engine::optimizer_state_names() const {
 // A ZeRO region's shards are all-gathered by its (tensor) group: MPI gathers straight into the
 // host vector; a device communicator (NCCL) gathers into a device staging buffer the size of the
 // largest such region, which is then copied to the host.
-void Engine::gather_optimizer_state(std::vector<float>& out) {
+void Engine::gather_ranges(const std::function<Tensor(Region&)>& range_of, float* out) {
   const ParameterStore& params = model_->params();
-  const std::vector<std::string> names = optimizer_state_names();
-  const auto padded = static_cast<std::size_t>(params.padded_numel());
-  out.resize(padded * names.size());  // keeps its capacity (and first-touched pages) between saves
   i64 stage_numel = 0;  // the largest ZeRO region whose group cannot write host memory
   for (const auto& r : regions_) {
     if (r->zero && r->group->device() != Device::cpu) {
@@ -385,30 +415,58 @@ void Engine::gather_optimizer_state(std::vector<float>& out) {
   Buffer stage;  // freed on return
   if (stage_numel > 0) {
     stage = Buffer(backend_.allocator(), static_cast<std::size_t>(stage_numel) * sizeof(float),
-                   "optimizer state gather");
+                   "checkpoint gather");
   }
-  for (std::size_t k = 0; k < names.size(); ++k) {
-    const std::string& name = names[k];
-    float* full = out.data() + k * padded;
-    std::fill(full, full + padded, 0.0f);  // the padding between parameters
-    const Tensor host(full, DType::f32, Device::cpu, Shape{params.padded_numel()});
-    for (auto& r : regions_) {
-      const Tensor st = r->optimizer->state(name);  // [opt_end − opt_begin]
-      const Tensor host_region = host.slice(0, r->begin, r->length());
-      if (!r->zero) {
-        backend_.copy(st, host_region);
-        continue;
-      }
-      const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
-      backend_.copy(st, shard);
-      if (r->group->device() == Device::cpu) {
-        r->group->all_gather(shard, host_region);
-        continue;
-      }
-      const Tensor staged = stage.view(DType::f32, Shape{r->length()});
-      r->group->all_gather(shard, staged);
-      backend_.copy(staged, host_region);
+  std::fill(out, out + params.padded_numel(), 0.0f);  // the padding between parameters
+  const Tensor host(out, DType::f32, Device::cpu, Shape{params.padded_numel()});
+  for (auto& r : regions_) {
+    const Tensor range = range_of(*r);  // [opt_end − opt_begin]
+    const Tensor host_region = host.slice(0, r->begin, r->length());
+    if (!r->zero) {
+      backend_.copy(range, host_region);
+      continue;
     }
+    const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
+    backend_.copy(range, shard);
+    if (r->group->device() == Device::cpu) {
+      r->group->all_gather(shard, host_region);
+      continue;
+    }
+    const Tensor staged = stage.view(DType::f32, Shape{r->length()});
+    r->group->all_gather(shard, staged);
+    backend_.copy(staged, host_region);
+  }
+  backend_.synchronize();
+}
+
+void Engine::gather_optimizer_state(std::vector<float>& out) {
+  const std::vector<std::string> names = optimizer_state_names();
+  const auto padded = static_cast<std::size_t>(model_->params().padded_numel());
+  out.resize(padded * names.size());  // keeps its capacity (and first-touched pages) between saves
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    gather_ranges([&](Region& r) { return r.optimizer->state(names[k]); }, out.data() + k * padded);
+  }
+}
+
+void Engine::gather_master_weights(std::vector<float>& out) {
+  const ParameterStore& params = model_->params();
+  out.resize(static_cast<std::size_t>(params.padded_numel()));
+  if (dtype_ == DType::f32) {  // every rank holds its whole store after the all-gather
+    backend_.copy(params.flat_params(),
+                  Tensor(out.data(), DType::f32, Device::cpu, Shape{params.padded_numel()}));
+    backend_.synchronize();
+    return;
+  }
+  gather_ranges([](Region& r) { return r.optimizer->master_weights(); }, out.data());
+}
+
+void Engine::scatter_master_weights(const std::vector<float>& weights) {
+  const ParameterStore& params = model_->params();
+  LINMOE_CHECK(static_cast<i64>(weights.size()) == params.padded_numel(), "master weights size");
+  const Tensor host(const_cast<float*>(weights.data()), DType::f32, Device::cpu,
+                    Shape{params.padded_numel()});
+  for (auto& r : regions_) {
+    r->optimizer->set_master_weights(host.slice(0, r->opt_begin, r->opt_end - r->opt_begin));
   }
   backend_.synchronize();
 }

@@ -9,6 +9,10 @@
 //   norm and clip    the global L2 norm over every parameter counted once
 //   update           the optimizer on this rank's ranges (the shards with ZeRO), then the
 //                    updated weights all-gathered (ZeRO)
+// Precision (train.precision): fp32 computes, reduces and updates in fp32. bf16 runs the model in
+// bf16 (weights, activations, per-micro-batch gradients) and adds each micro-batch's gradients
+// into fp32 main gradients; reductions, norm, clipping and the update (on fp32 master weights
+// kept by the optimizer) are fp32, and the updated weights are rounded to bf16 once.
 // Losses and MoE statistics come back as the step's values (mean over micro-batches and
 // data-parallel replicas), identical on every rank.
 #pragma once
@@ -60,6 +64,12 @@ class Engine {
   void gather_optimizer_state(std::vector<float>& out);
   // The reverse: every rank keeps its range of the given whole-store vectors.
   void scatter_optimizer_state(const std::vector<std::vector<float>>& state);
+  // The fp32 master weights as the whole store's flat [padded_numel] (gathered over the ZeRO
+  // shards; collective), and the reverse. With fp32 weights these are the store's values.
+  void gather_master_weights(std::vector<float>& out);
+  void scatter_master_weights(const std::vector<float>& weights);
+  // The dtype the model computes in: f32, or bf16 under train.precision bf16.
+  DType compute_dtype() const { return dtype_; }
   // Whether this rank writes parameter i to checkpoints (and counts it in the gradient norm):
   // one copy of every slice across the data-parallel and tp replicas.
   bool owns(int i) const;
@@ -69,6 +79,14 @@ class Engine {
   void run_micro_batches(const std::function<Batch()>& next, StepResult& r);
   void run_pipeline(const std::function<Batch()>& next, StepResult& r);
   void add_losses(const MicroBatchLosses& l, StepResult& r);
+  // The fp32 gradients the step reduces and applies: the store's own (fp32) or the main copy.
+  Tensor grads() const;
+  Tensor grad(int i) const;  // parameter i's slice of grads(), shaped
+  // bf16: adds the micro-batch's gradients to the main copy and zeroes them (no-op in fp32).
+  void accumulate_micro_batch_grads();
+  // The whole store's flat vector of the per-region tensors range_of(r) ([opt_end − opt_begin]
+  // each), gathered over the ZeRO shards into `out` (collective).
+  void gather_ranges(const std::function<Tensor(Region&)>& range_of, float* out);
   void reduce_gradients();
   double gradient_norm_squared();
   void finish_losses(StepResult& r);
@@ -78,7 +96,9 @@ class Engine {
   Config cfg_;
   Backend& backend_;
   const ProcessGroups* groups_;
+  DType dtype_;
   std::unique_ptr<Model> model_;
+  Buffer main_grads_;                             // [padded_numel] f32 under bf16
   std::vector<std::unique_ptr<Region>> regions_;  // dense, expert (when present)
   Buffer pipe_in_, pipe_grad_, tied_grad_;        // pipeline transfers, the tied copy's gradient
 };

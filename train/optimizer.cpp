@@ -26,6 +26,11 @@ Optimizer::Optimizer(const OptimizerConfig& config, Backend& backend, const Para
   state_a_ = Buffer(backend.allocator(), bytes, adamw ? "adamw exp_avg" : "sgd momentum_buffer");
   if (adamw) state_b_ = Buffer(backend.allocator(), bytes, "adamw exp_avg_sq");
   for (const std::string& n : state_names()) backend_.fill(state(n), 0.0);
+  if (params.flat_params().dtype != DType::f32) {
+    // Starts from the model's (rounded) initial weights, as Megatron's fp32 main params do.
+    master_ = Buffer(backend.allocator(), bytes, "master weights (fp32)");
+    backend_.copy(params.flat_params().slice(0, begin_, end_ - begin_), master_weights());
+  }
   log_info("optimizer ", adamw ? "adamw" : "sgd", ": state for ", end_ - begin_, " values, ",
            format_bytes(double(bytes) * (adamw ? 2 : 1)));
 }
@@ -43,13 +48,30 @@ Tensor Optimizer::state(const std::string& name) const {
   return state_b_.view(DType::f32, shape);
 }
 
-void Optimizer::step(double lr, std::int64_t step) {
-  const Tensor flat_p = params_.flat_params(), flat_g = params_.flat_grads();
+Tensor Optimizer::master_weights() const {
+  if (has_master_copy()) return master_.view(DType::f32, Shape{end_ - begin_});
+  return params_.flat_params().slice(0, begin_, end_ - begin_);
+}
+
+void Optimizer::set_master_weights(const Tensor& values) {
+  LINMOE_CHECK(values.numel() == end_ - begin_ && values.dtype == DType::f32,
+               "master weights: expected ", end_ - begin_, " f32 values, got ", values.numel());
+  backend_.copy(values, master_weights());
+  if (has_master_copy()) {
+    backend_.copy(master_weights(), params_.flat_params().slice(0, begin_, end_ - begin_));
+  }
+}
+
+void Optimizer::step(const Tensor& grads, double lr, std::int64_t step) {
+  LINMOE_CHECK(grads.dtype == DType::f32 && grads.numel() == params_.padded_numel(),
+               "optimizer: gradients must be the store's flat f32 [", params_.padded_numel(), "]");
+  const Tensor master = master_weights();
+  const Tensor store = params_.flat_params();
   for (const Piece& piece : pieces_) {
-    const Tensor p = flat_p.slice(0, piece.flat_begin, piece.length);
-    const Tensor g = flat_g.slice(0, piece.flat_begin, piece.length);
-    const double wd = piece.weight_decay ? config_.weight_decay : 0.0;
     const std::int64_t local = piece.flat_begin - begin_;
+    const Tensor p = master.slice(0, local, piece.length);
+    const Tensor g = grads.slice(0, piece.flat_begin, piece.length);
+    const double wd = piece.weight_decay ? config_.weight_decay : 0.0;
     if (config_.type == OptimizerType::adamw) {
       backend_.adamw_update(p, g, state("exp_avg").slice(0, local, piece.length),
                             state("exp_avg_sq").slice(0, local, piece.length), lr, config_.beta1,
@@ -58,6 +80,8 @@ void Optimizer::step(double lr, std::int64_t step) {
       backend_.sgd_update(p, g, state("momentum_buffer").slice(0, local, piece.length), lr,
                           config_.momentum, wd, step);
     }
+    // bf16 weights: the model computes with the rounded update.
+    if (has_master_copy()) backend_.copy(p, store.slice(0, piece.flat_begin, piece.length));
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/bf16_widening.h"
 #include "kernels/cpu/cpu_common.h"
 
 namespace linmoe {
@@ -146,7 +147,8 @@ void CpuBackend::fill(const Tensor& dst, double value) {
 }
 
 std::unique_ptr<Backend> make_cpu_backend(int threads) {
-  return std::make_unique<CpuBackend>(threads);
+  // bf16 arguments are widened to f32 around each op (kernels/cpu/bf16_widening.h).
+  return make_bf16_widening(std::make_unique<CpuBackend>(threads));
 }
 
 }  // namespace linmoe

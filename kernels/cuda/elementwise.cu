@@ -78,6 +78,14 @@ struct AxpyOp {  // {x, y} -> {y + alpha · x}
     y[0] = x[1] + static_cast<C>(alpha) * x[0];
   }
 };
+// y += alpha · x with x bf16 and y f32 (the mixed-precision gradient accumulation).
+__global__ void axpy_bf16_into_f32(float alpha, const __nv_bfloat16* x, float* y, i64 n) {
+  const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
+  for (i64 i = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    y[i] += alpha * cuda::load(x + i);
+  }
+}
+
 struct ScaleOp {  // {x} -> {x · s}
   double s;
   template <class C>
@@ -169,6 +177,17 @@ void CudaBackend::mul(const Tensor& a, const Tensor& b, const Tensor& out) {
 void CudaBackend::axpy(double alpha, const Tensor& x, const Tensor& y) {
   const char* op = "axpy";
   cuda::check_contiguous(x, op, "x");
+  if (x.dtype == DType::bf16 && y.dtype == DType::f32) {  // bf16 gradients into fp32 main grads
+    cuda::check_contiguous(y, op, "y");
+    check_shape(y, x.shape, op, "y");
+    const i64 n = x.numel();
+    if (n > 0) {
+      axpy_bf16_into_f32<<<cuda::blocks_for(n, 256), 256, 0, ctx_->stream>>>(
+          static_cast<float>(alpha), in_ptr<__nv_bfloat16>(x), out_ptr<float>(y), n);
+      CUDA_CHECK(cudaGetLastError());
+    }
+    return;
+  }
   check_like(y, x, op, "y");
   cuda::dispatch_float(x.dtype, op, [&](auto zero) {
     using T = decltype(zero);

@@ -32,6 +32,7 @@ TEST_CASE("launchers reject bad shapes, dtypes and devices", "[ops][checks]") {
 
   expect_rejected([&] { backend.gemm(a, false, b, false, c, 1.0, 0.0); }, "gemm: op(b)");
   expect_rejected([&] { backend.gemm(a, false, b, true, c64, 1.0, 0.0); }, "gemm: mixed dtypes");
+  // The raw CpuBackend computes in f32/f64 only (make_cpu_backend widens bf16 around it).
   expect_rejected([&] { backend.gemm(a16, false, b16, false, c16, 1.0, 0.0); }, "bf16");
   expect_rejected([&] { backend.add(a, c, a); }, "add: b has shape");
   expect_rejected([&] { backend.rms_norm_forward(a, w, 1e-6, a, rstd); }, "rms_norm_forward: w");

@@ -49,14 +49,14 @@ TEST_CASE("optimizer: AdamW matches PyTorch's update, decay only on matrices", "
   const float grads[] = {0.5f, -0.25f, 2.0f};
   for (int s = 1; s <= 3; ++s) {
     t.set_grads(grads[s - 1]);
-    opt.step(0.1, s);
+    opt.step(t.store.flat_grads(), 0.1, s);
     CHECK(t.w0() == Approx(expected_w[s - 1]).epsilon(2e-6));  // f32 state
   }
   // The vector has no weight decay: step 1 is 1 − 0.1·0.5/(0.5 + 1e-8).
   TwoParams u;
   Optimizer opt2(c, *backend, u.store);
   u.set_grads(0.5f);
-  opt2.step(0.1, 1);
+  opt2.step(u.store.flat_grads(), 0.1, 1);
   CHECK(u.b0() == Approx(1.0 - 0.1 * 0.5 / (0.5 + 1e-8)).epsilon(1e-6));
   CHECK(u.w0() == Approx(0.890000002).epsilon(1e-6));
   CHECK(opt2.state("exp_avg").ptr<float>()[0] == Approx(0.05));
@@ -72,18 +72,19 @@ TEST_CASE("optimizer: SGD with momentum and weight decay as torch.optim.SGD", "[
   TwoParams t;
   Optimizer opt(c, *backend, t.store);
   t.set_grads(0.5f);
-  opt.step(0.1, 1);  // d = 0.6, buf = 0.6, p = 0.94
+  opt.step(t.store.flat_grads(), 0.1, 1);  // d = 0.6, buf = 0.6, p = 0.94
   CHECK(t.w0() == Approx(0.94));
   CHECK(t.b0() == Approx(0.95));  // no decay on vectors: d = 0.5
   t.set_grads(-0.25f);
-  opt.step(0.1, 2);  // d = −0.25 + 0.094 = −0.156, buf = 0.54 − 0.156 = 0.384, p = 0.9016
+  opt.step(t.store.flat_grads(), 0.1,
+           2);  // d = −0.25 + 0.094 = −0.156, buf = 0.54 − 0.156 = 0.384, p = 0.9016
   CHECK(t.w0() == Approx(0.9016));
 
   c.momentum = 0.0;  // plain SGD: p ← p − lr·(g + wd·p)
   TwoParams u;
   Optimizer plain(c, *backend, u.store);
   u.set_grads(0.5f);
-  plain.step(0.1, 1);
+  plain.step(u.store.flat_grads(), 0.1, 1);
   CHECK(u.w0() == Approx(0.94));
 }
 
@@ -94,11 +95,11 @@ TEST_CASE("optimizer: a ZeRO-style range updates exactly its elements", "[optimi
   whole.set_grads(0.3f);
   split.set_grads(0.3f);
   Optimizer all(c, *backend, whole.store);
-  all.step(0.01, 1);
+  all.step(whole.store.flat_grads(), 0.01, 1);
   const std::int64_t mid = split.store.offset_of(split.b) + 1;  // cuts tensor b in two
   Optimizer lo(c, *backend, split.store, 0, mid), hi(c, *backend, split.store, mid);
-  lo.step(0.01, 1);
-  hi.step(0.01, 1);
+  lo.step(split.store.flat_grads(), 0.01, 1);
+  hi.step(split.store.flat_grads(), 0.01, 1);
   const float* a = whole.store.flat_params().ptr<float>();
   const float* b = split.store.flat_params().ptr<float>();
   for (std::int64_t i = 0; i < whole.store.padded_numel(); ++i) REQUIRE(a[i] == b[i]);
