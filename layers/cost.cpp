@@ -83,29 +83,44 @@ MemoryEstimate memory_per_rank(const Config& c) {
   const double states = c.optimizer.type == OptimizerType::adamw ? 2.0
                         : c.optimizer.momentum != 0              ? 1.0
                                                                  : 0.0;
+  const bool bf16 = c.train.precision == Precision::bf16;
+  const DType dtype = bf16 ? DType::bf16 : DType::f32;
+  const double size = static_cast<double>(dtype_size(dtype));
   const std::int64_t B = c.train.micro_batch_size, T = c.train.seq_len / p.context;
-  const double rebuild = static_cast<double>(
-      Model::planned_recompute_bytes(c.model, B, T, DType::f32, c.train.recompute));
+  const double N = static_cast<double>(B * T), D = static_cast<double>(c.model.hidden_size);
   const int micro_batches = std::max(1, p.micro_batches);
   MemoryEstimate best;
   for (int stage = 0; stage < p.pipeline; ++stage) {
     const ShardingPlan plan = make_sharding_plan(c, 0, 0, stage);
-    double dense = 0, expert = 0;
+    double dense = 0, expert = 0, vocab_slice = 0;
     for (const ShardedParam& s : shard_parameters(c.model, plan)) {
       (s.expert ? expert : dense) += static_cast<double>(s.spec.shape.numel());
+      if (s.spec.name == "embed.weight") vocab_slice = static_cast<double>(s.spec.shape.numel());
     }
-    MemoryEstimate e;
-    e.weights = 4.0 * (dense + expert);
-    e.gradients = e.weights;
     const double expert_group = static_cast<double>(data_group) / p.expert;
-    const double sharded =
+    // What this rank updates: its ZeRO shard of each region, or all of it.
+    const double updated =
         zero ? dense / data_group + expert / std::max(1.0, expert_group) : dense + expert;
-    e.optimizer = 4.0 * states * sharded;
-    const int in_flight = std::min(p.pipeline - stage, micro_batches);
-    e.activations = static_cast<double>(Model::planned_activation_bytes(c.model, B, T, DType::f32,
-                                                                        c.train.recompute, &plan)) *
-                        in_flight +
-                    rebuild / std::max(1, p.tensor);
+    MemoryEstimate e;
+    e.weights = size * (dense + expert);
+    e.gradients = size * (dense + expert) + (bf16 ? 4.0 * (dense + expert) : 0.0);
+    e.master = bf16 ? 4.0 * updated : 0.0;
+    e.optimizer = 4.0 * states * updated;
+    // As Model::prepare_slot sizes them: a saved-activation arena per micro-batch in flight,
+    // the scratch arena and the recompute arena.
+    const double saved = static_cast<double>(
+        Model::planned_activation_bytes(c.model, B, T, dtype, c.train.recompute, &plan));
+    const int in_flight = p.pipeline > 1 ? std::min(p.pipeline - stage, micro_batches) : 1;
+    e.activations = saved * in_flight +
+                    static_cast<double>(Model::planned_scratch_bytes(c.model, B, T, dtype, &plan)) +
+                    static_cast<double>(
+                        Model::planned_recompute_bytes(c.model, B, T, dtype, c.train.recompute));
+    if (zero) e.buffers += 4.0 * updated;  // the reduce-scatter's shard (engine.cpp)
+    if (p.pipeline > 1) {
+      e.buffers += 2 * N * D * size;  // the received activation and output gradient
+      const bool tied_end = stage == 0 || stage == p.pipeline - 1;
+      if (c.model.tie_embeddings && tied_end) e.buffers += 4.0 * vocab_slice;
+    }
     if (e.total() > best.total()) best = e;
   }
   return best;

@@ -21,14 +21,20 @@ std::vector<FlopsItem> flops_per_token(const ModelConfig& m, std::int64_t seq_le
 double total_flops_per_token(const ModelConfig& m, std::int64_t seq_len);
 
 struct MemoryEstimate {
-  double weights = 0, gradients = 0, optimizer = 0, activations = 0;
-  double total() const { return weights + gradients + optimizer + activations; }
+  double weights = 0;      // the model's weights in the compute dtype (bf16 or fp32)
+  double gradients = 0;    // the model's gradients, plus the fp32 main gradients under bf16
+  double master = 0;       // fp32 master weights (bf16 only; ZeRO-sharded)
+  double optimizer = 0;    // AdamW's two moments or SGD's momentum (ZeRO-sharded)
+  double activations = 0;  // the activation arenas: saved (per micro-batch in flight), scratch,
+                           // recompute
+  double buffers = 0;      // ZeRO shard staging, pipeline transfers, the tied embedding's gradient
+  double total() const { return weights + gradients + master + optimizer + activations + buffers; }
 };
-// The busiest rank of the layout in c.parallel (the pipeline stage with the most): its slices
-// of the fp32 master weights and gradients (layers/sharding.h), AdamW's two moments (SGD: one
-// buffer, or none) divided over the ZeRO shards, and the activation plan of the stage's layers for
-// one micro-batch of T/cp tokens times the micro-batches 1F1B keeps in flight (min(pp − stage,
-// micro-batches)).
+// The busiest rank of the layout in c.parallel (the pipeline stage with the most): every buffer
+// the engine and the model allocate for training, from the config alone: its slices of the
+// weights and gradients (layers/sharding.h), the master weights and optimizer state divided over
+// the ZeRO shards, and the activation arenas as Model sizes them (one per micro-batch 1F1B keeps
+// in flight on that stage, min(pp − stage, micro-batches), plus scratch and recompute).
 MemoryEstimate memory_per_rank(const Config& c);
 
 }  // namespace linmoe

@@ -151,6 +151,7 @@ std::size_t Model::planned_activation_bytes(const ModelConfig& m, std::int64_t B
       per_token += l.block + (l.ffn + (recompute == Recompute::selective ? 0 : l.mixer)) / tp;
     }
   }
+  per_token += D;  // the stage's input (the embedding output, or the received activation)
   if (!plan || plan->last_stage()) {
     per_token += 4 * D + 2 * ((m.vocab_size + tp - 1) / tp);  // final norm, logits, their grad
   }
@@ -174,6 +175,21 @@ std::size_t Model::planned_recompute_bytes(const ModelConfig& m, std::int64_t B,
   return 2 * static_cast<std::size_t>(B * T * most) * dtype_size(dtype) + 48 * kAlignment;
 }
 
+std::size_t Model::planned_scratch_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
+                                         DType dtype, const ShardingPlan* plan) {
+  // Temporaries live for one sublayer (or the head) at a time: the largest layer's kept
+  // activations bound them (the tiny models use 50–95% of it), or the logits' gradient.
+  const int first = plan ? plan->first_layer() : 0, last = plan ? plan->last_layer() : m.num_layers;
+  const std::int64_t tp = plan ? plan->tp : 1;
+  std::int64_t most = 0;
+  for (int i = first; i < last; ++i) {
+    const LayerPlan l = layer_plan(m, i);
+    most = std::max(most, l.block + (l.mixer + l.ffn) / tp);
+  }
+  if (!plan || plan->last_stage()) most = std::max(most, 2 * ((m.vocab_size + tp - 1) / tp));
+  return static_cast<std::size_t>(B * T * most) * dtype_size(dtype) + (std::size_t{1} << 20);
+}
+
 void Model::tp_all_reduce(const Tensor& t) {
   if (groups_ && plan_.tp > 1) groups_->tensor_group(GroupKind::tp).all_reduce(t);
 }
@@ -190,9 +206,8 @@ void Model::prepare_slot(Slot& s, std::int64_t B, std::int64_t T) {
     log_info("activation arena: ", format_bytes(double(plan)), " planned for a [", B, ", ", T,
              "] micro-batch");
   }
-  if (scratch_.capacity() < plan / 4) {
-    scratch_ = Arena(backend_.allocator(), plan / 4 + (std::size_t{1} << 20), "scratch");
-  }
+  const std::size_t splan = planned_scratch_bytes(config_, B, T, dtype_, &plan_);
+  if (scratch_.capacity() < splan) scratch_ = Arena(backend_.allocator(), splan, "scratch");
   s.saved.reset();
   s.blocks.clear();
   s.blocks.resize(blocks_.size());

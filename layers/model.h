@@ -89,6 +89,10 @@ class Model {
                                               const ShardingPlan* plan = nullptr);
   static std::size_t planned_recompute_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
                                              DType dtype, Recompute recompute);
+  // The scratch arena (temporaries of one op or sublayer at a time): a share of the activations
+  // the stage would keep without recompute, so that recompute does not shrink it.
+  static std::size_t planned_scratch_bytes(const ModelConfig& m, std::int64_t B, std::int64_t T,
+                                           DType dtype, const ShardingPlan* plan = nullptr);
   std::size_t activation_peak_bytes() const;
 
  private:

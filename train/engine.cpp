@@ -90,12 +90,17 @@ Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
     regions_.push_back(std::move(r));
   }
 
-  if (groups_ && groups_->layout().pp > 1) {
-    model_->set_slots(std::min(groups_->layout().pp, cfg_.parallel.micro_batches));
-  }
+  if (groups_ && groups_->layout().pp > 1) model_->set_slots(pipeline_slots());
 }
 
 Engine::~Engine() = default;
+
+// 1F1B keeps at most pp − s micro-batches in flight on stage s, and backwards run in forward
+// order, so micro-batch j can reuse the activations slot of j − (pp − s): its backward is done.
+int Engine::pipeline_slots() const {
+  const int pp = groups_->layout().pp, s = groups_->coords().pp_rank;
+  return std::min(pp - s, cfg_.parallel.micro_batches);
+}
 
 Tensor Engine::persistent(Buffer& b, DType dtype, const Shape& shape, const char* what) {
   const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
@@ -173,7 +178,7 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
   Communicator& pipe = groups_->tensor_group(GroupKind::pp);
   const bool first = s == 0, last = s == pp - 1;
   const int prev = first ? -1 : s - 1, nxt = last ? -1 : s + 1;
-  const int slots = std::min(pp, M);
+  const int slots = pipeline_slots();
   const double scale = 1.0 / (M * dp);
   const i64 N = i64{cfg_.train.micro_batch_size} * (cfg_.train.seq_len / layout.cp);
   const Shape hs{N, cfg_.model.hidden_size};

@@ -78,6 +78,7 @@ class Engine {
   struct Region;
   void run_micro_batches(const std::function<Batch()>& next, StepResult& r);
   void run_pipeline(const std::function<Batch()>& next, StepResult& r);
+  int pipeline_slots() const;  // activation slots this stage needs (pp > 1)
   void add_losses(const MicroBatchLosses& l, StepResult& r);
   // The fp32 gradients the step reduces and applies: the store's own (fp32) or the main copy.
   Tensor grads() const;

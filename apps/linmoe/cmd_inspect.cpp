@@ -87,12 +87,19 @@ void print_costs(const Config& c) {
       "\nmemory per rank (the busiest pipeline stage: its slices, ZeRO shards, 1F1B's "
       "micro-batches "
       "in flight)\n");
-  std::printf("  %-24s %12s\n", "fp32 weights", format_bytes(m.weights).c_str());
-  std::printf("  %-24s %12s\n", "fp32 gradients", format_bytes(m.gradients).c_str());
-  std::printf("  %-24s %12s\n", "optimizer state", format_bytes(m.optimizer).c_str());
-  std::printf("  %-24s %12s  (one micro-batch of %d x %lld)\n", "activations (plan)",
-              format_bytes(m.activations).c_str(), c.train.micro_batch_size,
-              static_cast<long long>(T / c.parallel.context));
+  const bool bf16 = c.train.precision == Precision::bf16;
+  auto row = [](const char* what, double bytes, const std::string& note = "") {
+    std::printf("  %-24s %12s%s\n", what, format_bytes(bytes).c_str(), note.c_str());
+  };
+  row(bf16 ? "bf16 weights" : "fp32 weights", m.weights);
+  row(bf16 ? "gradients (bf16 + fp32)" : "fp32 gradients", m.gradients);
+  if (bf16) row("fp32 master weights", m.master);
+  row("optimizer state", m.optimizer);
+  row("activations (plan)", m.activations,
+      str_cat("  (", std::min(c.parallel.pipeline, std::max(1, c.parallel.micro_batches)),
+              " x a micro-batch of ", c.train.micro_batch_size, " x ",
+              c.train.seq_len / c.parallel.context, " at most, scratch, recompute)"));
+  row("buffers", m.buffers, "  (ZeRO shard, pipeline transfers)");
   std::printf("  %-24s %12s\n", "total", format_bytes(m.total()).c_str());
 }
 
