@@ -21,6 +21,7 @@
 #include "train/engine.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
+#include "train/metrics_plot.h"
 #include "train/optimizer.h"
 #include "train/signals.h"
 
@@ -251,6 +252,17 @@ void Trainer::report_saved() {
   }
 }
 
+void Trainer::plot_metrics() {
+  if (!s_->metrics) return;
+  const std::string svg = s_->cfg.run.output_dir + "/metrics.svg";
+  try {
+    write_metrics_svg(s_->metrics->path(), svg,
+                      s_->cfg.run.name + " (" + s_->metrics->path() + ")");
+  } catch (const UserError& e) {
+    log_warn("no plot: ", e.what());  // a picture never stops training
+  }
+}
+
 int Trainer::train() {
   const Config& c = s_->cfg;
   Backend& be = *s_->backend;
@@ -349,6 +361,7 @@ int Trainer::train() {
       ev["eval_loss"] = e.loss;
       ev["eval_ppl"] = e.perplexity;
       if (s_->metrics) s_->metrics->write(ev);
+      plot_metrics();
     }
     last_step = step;
     if (s_->writer && s_->writer->finished()) report_saved();
@@ -363,6 +376,7 @@ int Trainer::train() {
     if (signal != 0 || out_of_time) {
       save_checkpoint(step, tokens_base + step * tokens_per_step);
       report_saved();
+      plot_metrics();
       log_info("stopped after step ", step, " (",
                signal ? StopSignals::name(signal) : "checkpoint.exit_after_minutes",
                "); the checkpoint is ", c.checkpoint.dir, "/", checkpoint_name(step),
@@ -374,6 +388,7 @@ int Trainer::train() {
     }
   }
   report_saved();
+  plot_metrics();
   const double total = seconds_since(start);
   const double trained = static_cast<double>((last_step - first_step + 1) * tokens_per_step);
   log_info("done: ", last_step, " steps (", last_step - first_step + 1, " in this run), ",

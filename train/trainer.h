@@ -41,6 +41,7 @@ class Trainer {
  private:
   double save_checkpoint(std::int64_t step, std::int64_t tokens);
   void report_saved();
+  void plot_metrics();  // rank 0: <output_dir>/metrics.svg from metrics.jsonl
   struct State;
   std::unique_ptr<State> s_;
 };

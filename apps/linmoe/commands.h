@@ -14,5 +14,6 @@ int cmd_preprocess(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
 int cmd_data(int argc, char** argv);
+int cmd_plot(int argc, char** argv);
 
 }  // namespace linmoe

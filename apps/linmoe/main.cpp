@@ -28,6 +28,7 @@ const Command kCommands[] = {
      "config, parameter counts, FLOPs, memory and parallel layout"},
     {"convert", cmd_convert, nullptr, "write a checkpoint as one consolidated safetensors file"},
     {"data", cmd_data, nullptr, "summarise and validate a Megatron indexed dataset"},
+    {"plot", cmd_plot, nullptr, "draw a run's metrics as an SVG (loss, lr, expert load)"},
 };
 
 void print_usage(std::FILE* out) {
