@@ -99,6 +99,10 @@ struct ParallelConfig {
   int data = 0;           // 0 = auto: world / (tensor·context·pipeline); resolved with the world
   int micro_batches = 0;  // 0 = auto: global_batch / (micro_batch·data); resolved with the world
   std::vector<int> pipeline_layers;  // empty = even split
+  // Gradients are reduced over data parallelism in buckets of about this many MiB (fp32), each
+  // started as soon as the backward has finished its parameters; 0 = one reduction per region
+  // after the backward.
+  double grad_bucket_mb = 25;
 };
 
 enum class Precision { fp32, bf16 };

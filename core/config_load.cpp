@@ -180,6 +180,7 @@ void read_parallel(ConfigSection s, ParallelConfig& p) {
   p.expert = static_cast<int>(s.get_int("expert", 1, 1, 1 << 16));
   p.data = static_cast<int>(s.get_int_or_auto("data", 1));
   p.micro_batches = static_cast<int>(s.get_int_or_auto("micro_batches", 1));
+  p.grad_bucket_mb = s.get_double("grad_bucket_mb", p.grad_bucket_mb, 0, 1e6, false, true);
   if (s.has("pipeline_layers")) {
     YAML::Node n = s.node("pipeline_layers");
     if (!n.IsSequence()) s.fail("pipeline_layers", "must be a list of layer counts, one per stage");

@@ -138,6 +138,7 @@ std::string config_to_yaml(const Config& c) {
   else
     r["parallel"]["micro_batches"] = "auto";
   if (!p.pipeline_layers.empty()) r["parallel"]["pipeline_layers"] = p.pipeline_layers;
+  r["parallel"]["grad_bucket_mb"] = p.grad_bucket_mb;
 
   const TrainConfig& t = c.train;
   r["train"]["seq_len"] = t.seq_len;

@@ -87,6 +87,19 @@ Model::Model(const ModelConfig& config, Backend& backend, DType dtype, const Sha
                                          : make_dense_ffn(config_, i, params_);
     blocks_.push_back(std::move(b));
   }
+  done_parts_.resize(blocks_.size() + 2);
+  const std::size_t head = blocks_.size(), rest = blocks_.size() + 1;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const std::string& name = params_.spec(static_cast<int>(i)).name;
+    std::size_t part = rest;
+    if (name.rfind("layers.", 0) == 0) {
+      part = static_cast<std::size_t>(std::stoi(name.substr(7)) - plan_.first_layer());
+    } else if (name == "final_norm.weight" || name == "lm_head.weight") {
+      part = head;
+    }
+    LINMOE_CHECK(part < done_parts_.size(), "parameter ", name, " outside this stage's layers");
+    done_parts_[part].push_back(static_cast<int>(i));
+  }
   set_slots(1);
 }
 
@@ -399,6 +412,7 @@ Tensor Model::stage_backward(int slot, const Tensor& dh_out) {
     head_backward(s, ctx);
     be.rms_norm_backward(s.nf, s.h_last, params_.param(final_norm_), s.rstd_f, dh,
                          params_.grad(final_norm_));
+    gradients_done(blocks_.size());
   } else {
     check_shape(dh_out, Shape{N, D}, "pipeline stage", "output gradient");
     be.copy(dh_out, dh);
@@ -439,13 +453,14 @@ Tensor Model::stage_backward(int slot, const Tensor& dh_out) {
     be.axpy(1.0, dnorm, dh);
     act.ffn_cache.reset();
     act.mixer_cache.reset();
+    gradients_done(r);
   }
   s.active = false;
   if (plan_.first_stage()) {
     be.embedding_backward(s.ids, dh, params_.grad(embed_), params_.spec(embed_).offset[0]);
-    return Tensor{};
   }
-  return dh;
+  gradients_done(blocks_.size() + 1);
+  return plan_.first_stage() ? Tensor{} : dh;
 }
 
 // dlogits = (softmax − onehot) · loss_scale / (tokens of the micro-batch) on this vocabulary

@@ -16,6 +16,7 @@
 //             slot, freed by its backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -79,6 +80,12 @@ class Model {
   // the last stage). Returns the gradient of its input [B·T, D] (undefined on the first stage),
   // valid until the slot is used again; frees the slot.
   Tensor stage_backward(int slot, const Tensor& dh_out);
+  // Told during stage_backward which parameters' gradients that backward has finished, part by
+  // part as it goes (the head, each block from the last, then the embedding and anything else):
+  // indices into params(), every parameter of the stage once per backward. The engine starts
+  // gradient reductions from it while the backward goes on.
+  using GradientsDone = std::function<void(const std::vector<int>& params)>;
+  void set_gradients_done(GradientsDone f) { gradients_done_ = std::move(f); }
 
   // Bytes of activations kept for backward for a [B, T] micro-batch (the arena's plan), and of
   // the arena that rebuilds dropped activations one block (or mixer) at a time.
@@ -123,6 +130,13 @@ class Model {
   Arena scratch_;
   Recompute recompute_ = Recompute::none;
   Arena recompute_arena_;  // one block's (or mixer's) activations while it is rebuilt
+  // The parameters each part of the backward finishes: [blocks] (this stage's), then the head
+  // (final norm, untied lm_head), then the rest (the embedding, a tied head).
+  std::vector<std::vector<int>> done_parts_;
+  GradientsDone gradients_done_;
+  void gradients_done(std::size_t part) const {
+    if (gradients_done_) gradients_done_(done_parts_[part]);
+  }
 };
 
 }  // namespace linmoe

@@ -125,6 +125,45 @@ void Communicator::reduce_scatter(const void* in, void* out, std::int64_t count,
   if (count > 0) do_reduce_scatter(in, out, count, dtype, op);
 }
 
+void Communicator::start_all_reduce(void* data, std::int64_t count, DType dtype) {
+  LINMOE_CHECK(count >= 0 && (data || count == 0), "start_all_reduce on ", name_, ": count ",
+               count);
+  LINMOE_CHECK(dtype == DType::f32 || dtype == DType::f64, "start_all_reduce on ", name_,
+               ": f32 or f64, got ", dtype_name(dtype));
+  const std::int64_t bytes = count * static_cast<std::int64_t>(dtype_size(dtype));
+  record(CommOp::all_reduce, bytes, bytes);
+  if (count == 0) return;
+  do_start_all_reduce(data, count, dtype);
+  ++pending_;
+}
+
+void Communicator::start_reduce_scatter_v(const void* in, void* out,
+                                          const std::vector<std::int64_t>& counts, DType dtype) {
+  LINMOE_CHECK(static_cast<int>(counts.size()) == size_, "start_reduce_scatter_v on ", name_, ": ",
+               counts.size(), " counts for ", size_, " ranks");
+  LINMOE_CHECK(dtype == DType::f32 || dtype == DType::f64, "start_reduce_scatter_v on ", name_,
+               ": f32 or f64, got ", dtype_name(dtype));
+  std::int64_t total = 0;
+  for (std::int64_t c : counts) {
+    LINMOE_CHECK(c >= 0, "start_reduce_scatter_v on ", name_, ": negative count ", c);
+    total += c;
+  }
+  const auto es = static_cast<std::int64_t>(dtype_size(dtype));
+  const std::int64_t mine = counts[static_cast<std::size_t>(rank_)];
+  LINMOE_CHECK((in || total == 0) && (out || mine == 0), "start_reduce_scatter_v on ", name_,
+               ": null buffer");
+  record(CommOp::reduce_scatter, total * es, mine * es);
+  if (total == 0) return;
+  do_start_reduce_scatter_v(in, out, counts, dtype);
+  ++pending_;
+}
+
+void Communicator::wait_all() {
+  if (pending_ == 0) return;
+  do_wait_all();
+  pending_ = 0;
+}
+
 void Communicator::all_gather(const void* in, void* out, std::int64_t count, DType dtype) {
   LINMOE_CHECK(count >= 0 && ((in && out) || count == 0), "all_gather on ", name_, ": count ",
                count);

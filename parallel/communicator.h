@@ -130,6 +130,20 @@ class Communicator {
   void broadcast(void* data, std::int64_t count, DType dtype, int root);
   void barrier();
 
+  // ---- non-blocking sums (the gradient reduction overlapping the backward pass) ----------------
+  // start_* begins a sum over the group and returns; the buffers must stay untouched until
+  // wait_all(), which completes every started one (MPI: requests progressed by MPI calls; NCCL: a
+  // side stream the backend's stream then waits for). f32 and f64 only. Counted as their
+  // blocking kinds when started.
+  // data[count] summed over ranks, in place.
+  void start_all_reduce(void* data, std::int64_t count, DType dtype);
+  // in[Σ counts] on every rank, rank-major blocks of counts[r] (zeros allowed)  ->
+  // out[counts[rank]] = the sum over ranks of block `rank`. reduce_scatter with uneven blocks.
+  void start_reduce_scatter_v(const void* in, void* out, const std::vector<std::int64_t>& counts,
+                              DType dtype);
+  void wait_all();
+  bool has_pending() const { return pending_ > 0; }
+
   // ---- tensors (contiguous views on device(); same shapes and dtype on every rank) ----------
   void all_reduce(const Tensor& t, ReduceOp op = ReduceOp::sum);
   // in: [size·n, ...] or any shape with size·count elements; out: count elements.
@@ -181,6 +195,10 @@ class Communicator {
                             int recv_tag) = 0;
   virtual void do_broadcast(void* data, std::int64_t count, DType dtype, int root) = 0;
   virtual void do_barrier() = 0;
+  virtual void do_start_all_reduce(void* data, std::int64_t count, DType dtype) = 0;
+  virtual void do_start_reduce_scatter_v(const void* in, void* out,
+                                         const std::vector<std::int64_t>& counts, DType dtype) = 0;
+  virtual void do_wait_all() = 0;
   // The host-scalar helpers go through these: host buffers of `count` (small) elements.
   virtual void do_host_all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) = 0;
   virtual void do_host_all_gather(const void* in, void* out, std::int64_t count, DType dtype) = 0;
@@ -199,6 +217,7 @@ class Communicator {
   int size_;
   std::string name_;
   CommTraffic traffic_;
+  int pending_ = 0;  // started and not yet waited for
 };
 
 }  // namespace linmoe

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -160,6 +161,51 @@ void MpiCommunicator::do_reduce_scatter(const void* in, void* out, std::int64_t 
                                   mpi_op(op), r, comm_));
     });
   }
+}
+
+void MpiCommunicator::do_start_all_reduce(void* data, std::int64_t count, DType dtype) {
+  if (count > max_count_) {  // beyond one call: blocking, in chunks (correct, not overlapped)
+    do_all_reduce(data, count, dtype, ReduceOp::sum);
+    return;
+  }
+  requests_.emplace_back();
+  LINMOE_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), mpi_type(dtype),
+                                  MPI_SUM, comm_, &requests_.back()));
+}
+
+void MpiCommunicator::do_start_reduce_scatter_v(const void* in, void* out,
+                                                const std::vector<std::int64_t>& counts,
+                                                DType dtype) {
+  const std::int64_t total = std::accumulate(counts.begin(), counts.end(), std::int64_t{0});
+  if (total > max_count_) {  // beyond one call: block r reduced onto rank r, blocking
+    const char* src = static_cast<const char*>(in);
+    const std::size_t es = dtype_size(dtype);
+    std::int64_t at = 0;
+    for (int r = 0; r < size(); ++r) {
+      const std::int64_t n = counts[static_cast<std::size_t>(r)];
+      for_each_chunk(n, max_count_, [&](std::int64_t off, int c) {
+        LINMOE_MPI_CHECK(MPI_Reduce(src + (at + off) * es,
+                                    r == rank() ? static_cast<char*>(out) + off * es : nullptr, c,
+                                    mpi_type(dtype), MPI_SUM, r, comm_));
+      });
+      at += n;
+    }
+    return;
+  }
+  std::vector<int>& n = request_counts_.emplace_back();
+  for (std::int64_t c : counts) n.push_back(static_cast<int>(c));
+  requests_.emplace_back();
+  LINMOE_MPI_CHECK(
+      MPI_Ireduce_scatter(in, out, n.data(), mpi_type(dtype), MPI_SUM, comm_, &requests_.back()));
+}
+
+void MpiCommunicator::do_wait_all() {
+  if (!requests_.empty()) {
+    LINMOE_MPI_CHECK(
+        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE));
+  }
+  requests_.clear();
+  request_counts_.clear();
 }
 
 void MpiCommunicator::do_all_gather(const void* in, void* out, std::int64_t count, DType dtype) {

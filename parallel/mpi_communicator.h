@@ -9,8 +9,10 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "parallel/communicator.h"
 
@@ -51,6 +53,10 @@ class MpiCommunicator final : public Communicator {
   void do_barrier() override;
   void do_host_all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) override;
   void do_host_all_gather(const void* in, void* out, std::int64_t count, DType dtype) override;
+  void do_start_all_reduce(void* data, std::int64_t count, DType dtype) override;
+  void do_start_reduce_scatter_v(const void* in, void* out, const std::vector<std::int64_t>& counts,
+                                 DType dtype) override;
+  void do_wait_all() override;
 
  private:
   void all_to_all_v_pairwise(const char* send, const std::int64_t* send_counts,
@@ -61,6 +67,9 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   bool owned_;
   std::int64_t max_count_;
+  // Started non-blocking collectives, and the int count arrays they read until completion.
+  std::vector<MPI_Request> requests_;
+  std::deque<std::vector<int>> request_counts_;
 };
 
 }  // namespace linmoe

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/check.h"
 #include "core/log.h"
@@ -91,6 +92,8 @@ Engine::Engine(const Config& cfg, Backend& backend, const ProcessGroups* groups)
   }
 
   if (groups_ && groups_->layout().pp > 1) model_->set_slots(pipeline_slots());
+  plan_buckets();
+  model_->set_gradients_done([this](const std::vector<int>& ids) { on_gradients_done(ids); });
 }
 
 Engine::~Engine() = default;
@@ -163,8 +166,9 @@ void Engine::run_micro_batches(const std::function<Batch()>& next, StepResult& r
   const int dp = groups_ ? groups_->layout().dp : 1;
   for (int j = 0; j < M; ++j) {
     Batch b = next();
+    last_backward_ = j == M - 1;  // its parameters are reduced as the backward finishes them
     add_losses(model_->forward_backward(b.tokens, b.targets, 1.0 / (M * dp)), r);
-    accumulate_micro_batch_grads();
+    if (!last_backward_) accumulate_micro_batch_grads();
   }
 }
 
@@ -195,8 +199,9 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
     return o.h;
   };
   auto backward = [&]() -> Tensor {
+    last_backward_ = bwd == M - 1;
     const Tensor dx = model_->stage_backward(bwd++ % slots, dh);
-    accumulate_micro_batch_grads();
+    if (!last_backward_) accumulate_micro_batch_grads();
     return dx;
   };
 
@@ -225,19 +230,116 @@ void Engine::run_pipeline(const std::function<Batch()>& next, StepResult& r) {
   }
 }
 
-void Engine::reduce_gradients() {
-  if (!groups_) return;
-  ParameterStore& params = model_->params();
-  const std::vector<ShardedParam>& sharded = model_->sharded_params();
-  const Layout& layout = groups_->layout();
-  // Replicated parameters whose gradient each tensor rank holds a part of.
-  if (layout.tp > 1) {
-    for (std::size_t i = 0; i < sharded.size(); ++i) {
-      if (sharded[i].tp_partial_grad) {
-        groups_->tensor_group(GroupKind::tp).all_reduce(grad(static_cast<int>(i)));
-      }
+// A contiguous range [begin, end) of one region's flat fp32 gradients, reduced by one
+// non-blocking call once the backward has finished its `pending` parameters.
+struct Engine::Bucket {
+  Region* region = nullptr;
+  i64 begin = 0, end = 0;
+  int params = 0, pending = 0;
+  bool deferred = false;  // holds a tied embedding copy: launched after the copies' exchange
+  bool launched = false;
+};
+
+// Consecutive parameters of a region (store order) until a bucket holds grad_bucket_mb; the
+// first bucket starts at the region's start and the last ends at its end (padding included).
+void Engine::plan_buckets() {
+  const ParameterStore& params = model_->params();
+  bucket_of_.assign(params.size(), -1);
+  finished_.assign(params.size(), 0);
+  const double mb = cfg_.parallel.grad_bucket_mb;
+  const i64 target = mb > 0 ? std::max<i64>(1, static_cast<i64>(mb * (1 << 20) / 4))
+                            : std::numeric_limits<i64>::max();
+  const bool tied = groups_ && groups_->layout().pp > 1 && cfg_.model.tie_embeddings;
+  const int embed = params.find("embed.weight");
+  for (auto& r : regions_) {
+    if (!r->group) continue;
+    std::vector<int> ids;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const i64 at = params.offset_of(static_cast<int>(i));
+      if (at >= r->begin && at < r->end) ids.push_back(static_cast<int>(i));
     }
+    std::sort(ids.begin(), ids.end(),
+              [&](int a, int b) { return params.offset_of(a) < params.offset_of(b); });
+    Bucket b;
+    b.region = r.get();
+    b.begin = r->begin;
+    for (int id : ids) {
+      const i64 at = params.offset_of(id);
+      if (b.params > 0 && at - b.begin >= target) {
+        b.end = at;
+        buckets_.push_back(b);
+        b = Bucket{};
+        b.region = r.get();
+        b.begin = at;
+      }
+      bucket_of_[static_cast<std::size_t>(id)] = static_cast<int>(buckets_.size());
+      ++b.params;
+      b.deferred = b.deferred || (tied && id == embed);
+    }
+    b.end = r->end;
+    buckets_.push_back(b);
   }
+}
+
+void Engine::on_gradients_done(const std::vector<int>& ids) {
+  if (!last_backward_) return;
+  for (int i : ids) {
+    if (finished_[static_cast<std::size_t>(i)]) continue;
+    finish_parameter(i);
+    const int k = bucket_of_[static_cast<std::size_t>(i)];
+    if (k < 0) continue;
+    Bucket& b = buckets_[static_cast<std::size_t>(k)];
+    if (--b.pending == 0 && !b.deferred) launch(b);
+  }
+}
+
+void Engine::finish_parameter(int i) {
+  finished_[static_cast<std::size_t>(i)] = 1;
+  ParameterStore& params = model_->params();
+  if (dtype_ != DType::f32) {  // this backward's bf16 gradient into the fp32 main gradient
+    const Tensor g = params.grad(i);
+    backend_.axpy(1.0, g, grad(i));
+    backend_.fill(g, 0.0);
+  }
+  // A replicated parameter whose gradient each tensor rank holds a part of.
+  if (groups_ && groups_->layout().tp > 1 &&
+      model_->sharded_params()[static_cast<std::size_t>(i)].tp_partial_grad) {
+    groups_->tensor_group(GroupKind::tp).all_reduce(grad(i));
+  }
+}
+
+void Engine::launch(Bucket& b) {
+  b.launched = true;
+  Region& r = *b.region;
+  auto* flat = static_cast<float*>(grads().data);
+  if (!r.zero) {
+    r.group->start_all_reduce(flat + b.begin, b.end - b.begin, DType::f32);
+    return;
+  }
+  // Rank k's shard is [begin + k·chunk, +chunk): each gets the part of the bucket inside it.
+  std::vector<i64> counts(static_cast<std::size_t>(r.group_size()));
+  for (std::size_t k = 0; k < counts.size(); ++k) {
+    const i64 lo = r.begin + static_cast<i64>(k) * r.chunk, hi = lo + r.chunk;
+    counts[k] = std::max<i64>(0, std::min(hi, b.end) - std::max(lo, b.begin));
+  }
+  auto* shard = static_cast<float*>(r.shard.data());
+  const i64 at = std::max(b.begin, r.opt_begin) - r.opt_begin;
+  r.group->start_reduce_scatter_v(flat + b.begin, shard + std::min(at, r.chunk), counts,
+                                  DType::f32);
+}
+
+void Engine::reduce_gradients(StepResult& result) {
+  ParameterStore& params = model_->params();
+  result.grad_buckets = static_cast<int>(buckets_.size());
+  result.grad_buckets_overlapped = static_cast<int>(
+      std::count_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.launched; }));
+  // Whatever the backward did not report (a stage without a head, say) is finished now.
+  std::vector<int> all(params.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+  on_gradients_done(all);
+  last_backward_ = false;
+  if (!groups_) return;
+  const Layout& layout = groups_->layout();
   // A tied embedding's copies on the first and last stage: each adds the other's gradient.
   if (layout.pp > 1 && cfg_.model.tie_embeddings) {
     const int s = groups_->coords().pp_rank;
@@ -251,18 +353,16 @@ void Engine::reduce_gradients() {
       backend_.axpy(1.0, o, g);
     }
   }
+  for (Bucket& b : buckets_) {
+    if (!b.launched) launch(b);
+  }
   const Tensor flat = grads();
   for (auto& r : regions_) {
     if (!r->group) continue;
-    const Tensor region = flat.slice(0, r->begin, r->length());
-    if (!r->zero) {
-      r->group->all_reduce(region);
-      continue;
-    }
-    // Reduce-scatter: rank k of the group receives the sum of block k, its shard.
-    const Tensor shard = r->shard.view(DType::f32, Shape{r->chunk});
-    r->group->reduce_scatter(region, shard);
-    backend_.copy(shard, flat.slice(0, r->opt_begin, r->chunk));
+    r->group->wait_all();
+    if (r->zero)
+      backend_.copy(r->shard.view(DType::f32, Shape{r->chunk}),
+                    flat.slice(0, r->opt_begin, r->chunk));
   }
 }
 
@@ -329,6 +429,11 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
   ParameterStore& params = model_->params();
   backend_.fill(params.flat_grads(), 0.0);
   if (dtype_ != DType::f32) backend_.fill(grads(), 0.0);
+  std::fill(finished_.begin(), finished_.end(), 0);
+  for (Bucket& b : buckets_) {
+    b.pending = b.params;
+    b.launched = false;
+  }
   StepResult r;
   if (groups_ && groups_->layout().pp > 1) {
     run_pipeline(next, r);
@@ -336,7 +441,7 @@ StepResult Engine::step(const std::function<Batch()>& next, double lr, std::int6
     run_micro_batches(next, r);
   }
   finish_losses(r);
-  reduce_gradients();
+  reduce_gradients(r);
   r.grad_norm = std::sqrt(gradient_norm_squared());
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     std::string first = "none on this rank";

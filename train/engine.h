@@ -5,7 +5,11 @@
 //   gradients        tp-partial replicated parameters summed over tp; a tied embedding's two
 //                    copies (first and last stage) summed; then the data-parallel reduction: the
 //                    dense region over dp·cp, the expert region over expert-dp, each all-reduced
-//                    or (optimizer.zero) reduce-scattered to this rank's 1/n shard
+//                    or (optimizer.zero) reduce-scattered to this rank's 1/n shard. It runs in
+//                    buckets (parallel.grad_bucket_mb), each started, non-blocking, as soon as
+//                    the step's last backward has finished its parameters, so the reduction
+//                    overlaps the rest of the backward (ZeRO: each bucket's pieces go to the
+//                    ranks whose shards they fall in, an uneven reduce-scatter)
 //   norm and clip    the global L2 norm over every parameter counted once
 //   update           the optimizer on this rank's ranges (the shards with ZeRO), then the
 //                    updated weights all-gathered (ZeRO)
@@ -36,6 +40,9 @@ struct StepResult {
   double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0;
   double grad_norm = 0;
   std::vector<std::vector<double>> expert_load;  // [MoE layers of the whole model][E]
+  // The data-parallel gradient reduction on this rank: buckets, and how many of them were
+  // started while the backward was still running (the overlap).
+  int grad_buckets = 0, grad_buckets_overlapped = 0;
 };
 
 class Engine {
@@ -88,7 +95,15 @@ class Engine {
   // The whole store's flat vector of the per-region tensors range_of(r) ([opt_end − opt_begin]
   // each), gathered over the ZeRO shards into `out` (collective).
   void gather_ranges(const std::function<Tensor(Region&)>& range_of, float* out);
-  void reduce_gradients();
+  // The step's last backward: per parameter as the model finishes it (finish_parameter), and
+  // bucket by bucket when all of a bucket's parameters are finished (launch).
+  struct Bucket;
+  void plan_buckets();
+  void on_gradients_done(const std::vector<int>& params);
+  void finish_parameter(int i);  // bf16: into the main gradients; tp-partial: summed over tp
+  void launch(Bucket& b);
+  // After the backward: what the hook has not done, the tied embedding, then waits for all.
+  void reduce_gradients(StepResult& r);
   double gradient_norm_squared();
   void finish_losses(StepResult& r);
   // A view of `b`, (re)allocated once when too small: buffers reused from step to step.
@@ -101,7 +116,11 @@ class Engine {
   std::unique_ptr<Model> model_;
   Buffer main_grads_;                             // [padded_numel] f32 under bf16
   std::vector<std::unique_ptr<Region>> regions_;  // dense, expert (when present)
-  Buffer pipe_in_, pipe_grad_, tied_grad_;        // pipeline transfers, the tied copy's gradient
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_;              // per parameter; -1 when its region is not reduced
+  std::vector<char> finished_;              // per parameter, in the step's last backward
+  bool last_backward_ = false;              // the hook acts only then
+  Buffer pipe_in_, pipe_grad_, tied_grad_;  // pipeline transfers, the tied copy's gradient
 };
 
 }  // namespace linmoe

@@ -300,6 +300,11 @@ int Trainer::train() {
         engine.step([&] { return s_->train_data->next_micro_batch(); }, lr, step);
     const double grad_norm = sum.grad_norm;
     be.synchronize();
+    if (step == first_step && sum.grad_buckets > 0) {
+      log_info("gradient reduction: ", sum.grad_buckets, " bucket(s) of up to ",
+               c.parallel.grad_bucket_mb, " MiB, ", sum.grad_buckets_overlapped,
+               " started during the backward");
+    }
 
     const double step_s = seconds_since(step_start), elapsed = seconds_since(start);
     const double tok_s = static_cast<double>(tokens_per_step) / step_s;

@@ -67,7 +67,9 @@ struct NcclCommunicator::State {
   cudaStream_t stream = nullptr;
   Allocator& allocator;
   Convert convert;
-  Buffer scratch[2];  // f32 widening buffers (input, output)
+  Buffer scratch[2];            // f32 widening buffers (input, output)
+  cudaStream_t side = nullptr;  // the non-blocking sums' stream
+  cudaEvent_t main_ready = nullptr, side_done = nullptr;
   State(MpiCommunicator& h, Allocator& a, Convert c)
       : host(h), allocator(a), convert(std::move(c)) {}
 };
@@ -85,7 +87,54 @@ NcclCommunicator::NcclCommunicator(MpiCommunicator& group, void* stream, Allocat
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (s_ && s_->comm) ncclCommDestroy(s_->comm);
+  if (!s_) return;
+  if (s_->comm) ncclCommDestroy(s_->comm);
+  if (s_->side) {
+    cudaEventDestroy(s_->main_ready);
+    cudaEventDestroy(s_->side_done);
+    cudaStreamDestroy(s_->side);
+  }
+}
+
+void NcclCommunicator::side_stream_waits() {
+  if (!s_->side) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s_->side, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&s_->main_ready, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&s_->side_done, cudaEventDisableTiming));
+  }
+  CUDA_CHECK(cudaEventRecord(s_->main_ready, s_->stream));
+  CUDA_CHECK(cudaStreamWaitEvent(s_->side, s_->main_ready, 0));
+}
+
+void NcclCommunicator::do_start_all_reduce(void* data, std::int64_t count, DType dtype) {
+  side_stream_waits();
+  NCCL_CHECK(ncclAllReduce(data, data, static_cast<std::size_t>(count), nccl_type(dtype), ncclSum,
+                           s_->comm, s_->side));
+}
+
+void NcclCommunicator::do_start_reduce_scatter_v(const void* in, void* out,
+                                                 const std::vector<std::int64_t>& counts,
+                                                 DType dtype) {
+  // NCCL has no uneven reduce-scatter: one reduce per rank's block, onto that rank, grouped.
+  side_stream_waits();
+  const char* src = static_cast<const char*>(in);
+  std::size_t at = 0;
+  NCCL_CHECK(ncclGroupStart());
+  for (int r = 0; r < size(); ++r) {
+    const auto n = static_cast<std::size_t>(counts[static_cast<std::size_t>(r)]);
+    if (n > 0) {
+      NCCL_CHECK(ncclReduce(src + at * dtype_size(dtype), r == rank() ? out : nullptr, n,
+                            nccl_type(dtype), ncclSum, r, s_->comm, s_->side));
+    }
+    at += n;
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
+void NcclCommunicator::do_wait_all() {
+  if (!s_->side) return;
+  CUDA_CHECK(cudaEventRecord(s_->side_done, s_->side));
+  CUDA_CHECK(cudaStreamWaitEvent(s_->stream, s_->side_done, 0));
 }
 
 Tensor NcclCommunicator::scratch(std::int64_t n, int which) {

@@ -49,8 +49,16 @@ class NcclCommunicator final : public Communicator {
   void do_barrier() override;
   void do_host_all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) override;
   void do_host_all_gather(const void* in, void* out, std::int64_t count, DType dtype) override;
+  // The non-blocking sums run on a side stream that first waits for the backend's stream (the
+  // gradients are written), so the backward's kernels go on meanwhile; wait_all makes the
+  // backend's stream wait for the side stream.
+  void do_start_all_reduce(void* data, std::int64_t count, DType dtype) override;
+  void do_start_reduce_scatter_v(const void* in, void* out, const std::vector<std::int64_t>& counts,
+                                 DType dtype) override;
+  void do_wait_all() override;
 
  private:
+  void side_stream_waits();  // the side stream (created on first use) waits for the main one
   struct State;
   // An f32 device scratch of at least n elements (grown on demand).
   Tensor scratch(std::int64_t n, int which);

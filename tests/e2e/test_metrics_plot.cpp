@@ -7,6 +7,8 @@
 #include <fstream>
 #include <string>
 
+#include <unistd.h>
+
 #include "core/check.h"
 #include "train/metrics_plot.h"
 
@@ -15,7 +17,8 @@ using namespace linmoe;
 namespace {
 
 std::string write_file(const std::string& name, const std::string& text) {
-  const std::string path = std::filesystem::temp_directory_path() / name;
+  const std::string path =
+      std::filesystem::temp_directory_path() / (std::to_string(getpid()) + "_" + name);
   std::ofstream(path) << text;
   return path;
 }

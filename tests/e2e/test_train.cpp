@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <unistd.h>
+
 #include "core/config.h"
 #include "core/json.h"
 #include "parallel/runtime.h"
@@ -17,7 +19,8 @@ TEST_CASE("train: the tiny model's loss falls on the bundled corpus", "[e2e]") {
   if (!std::filesystem::exists(root + "/corpus/kjv_text_document.idx")) {
     FAIL("the bundled corpus is missing: run scripts/prepare_corpus.sh build/linmoe");
   }
-  const std::string out = std::filesystem::temp_directory_path() / "linmoe_e2e_train";
+  const std::string out =  // per process: two test runs at once must not share it
+      std::filesystem::temp_directory_path() / ("linmoe_e2e_train_" + std::to_string(getpid()));
   std::filesystem::remove_all(out);
   Config cfg = load_config(
       root + "/configs/tiny.yaml",

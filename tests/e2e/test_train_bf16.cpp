@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "core/config.h"
 #include "core/json.h"
 #include "parallel/runtime.h"
@@ -53,8 +55,10 @@ std::vector<double> train(const std::string& out, std::vector<std::string> overr
   return losses;
 }
 
+// Per process: two test runs at once (two build folders) must not share a folder.
 std::string fresh_dir(const std::string& name) {
-  const std::string dir = std::filesystem::temp_directory_path() / name;
+  const std::string dir =
+      std::filesystem::temp_directory_path() / (name + "_" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   return dir;
 }
