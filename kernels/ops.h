@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/memory.h"
 #include "core/tensor.h"
@@ -56,6 +57,31 @@ class Backend {
   // beta == 0 overwrites c without reading it; beta == 1 accumulates.
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                     double alpha = 1.0, double beta = 0.0) = 0;
+
+  // ---- grouped GEMM (the MoE experts, MODEL.md 4: one call per projection) ---------------------
+  // Rows are split into G = group_rows.size() consecutive groups (a host vector: the dispatch's
+  // rows per local expert): group g holds group_rows[g] ≥ 0 rows (zeros allowed),
+  // Σ group_rows == R (checked), and starts at row Σ_{h<g} group_rows[h]. Each group has its own
+  // matrix b[g] of a stacked b (an expert's weight):
+  //   c_g = alpha · a_g · op(b[g]) + beta · c_g
+  // a: [R, K]; c: [R, N]; b: [G, N, K] when trans_b (op(b[g]) = b[g]ᵀ: y_g = x_g · W_gᵀ, the
+  // forward), else [G, K, N] (dx_g = dy_g · W_g, the input gradient). Every product of one group
+  // equals gemm(a_g, false, b[g], trans_b, c_g, alpha, beta) on the slices.
+  // Same float dtype for all; bf16 reads and writes bf16 and accumulates in fp32. The last
+  // dimension of each operand has stride 1; row strides (and b's group stride) are free. beta == 0
+  // overwrites c without reading it; a group with no rows touches nothing.
+  virtual void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b,
+                            const std::vector<std::int64_t>& group_rows, const Tensor& c,
+                            double alpha = 1.0, double beta = 0.0) = 0;
+  // The weight gradient of the product above: K (the rows) varies per group.
+  //   c[g] = alpha · a_gᵀ · b_g + beta · c[g]        (dW_g += dy_gᵀ · x_g with beta = 1)
+  // a: [R, M] and b: [R, N], grouped by group_rows as above; c: [G, M, N]. Each group equals
+  // gemm(a_g, true, b_g, false, c[g], alpha, beta). A group with no rows gets c[g] = beta · c[g],
+  // as gemm does for K == 0: untouched when beta == 1 (accumulating), zeros when beta == 0.
+  // Strides, dtypes and beta == 0 as above; c's group stride is free.
+  virtual void grouped_gemm_wgrad(const Tensor& a, const Tensor& b,
+                                  const std::vector<std::int64_t>& group_rows, const Tensor& c,
+                                  double alpha = 1.0, double beta = 1.0) = 0;
 
   // ---- elementwise (same shape, contiguous) -----------------------------------------------------
   virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;  // out = a + b

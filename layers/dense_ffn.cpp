@@ -1,5 +1,5 @@
 // The dense SwiGLU FFN (MODEL.md 1), used when moe.num_experts == 0, and the SwiGLU helpers that
-// the MoE block's experts share.
+// the MoE block's shared expert uses.
 #include "core/check.h"
 #include "layers/linear.h"
 #include "layers/sublayers.h"

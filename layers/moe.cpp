@@ -14,6 +14,7 @@
 //  - Expert parallelism: experts.w1/w3/w2 hold this rank's slice of experts (dim 0, over the ep
 //    group); the dispatcher (moe.dispatcher) moves the rows to them and back.
 #include <string>
+#include <vector>
 
 #include "core/check.h"
 #include "layers/linear.h"
@@ -50,46 +51,52 @@ struct SharedActs {
   Tensor order;       // [N] i32: the identity plan (every token's one slot, in token order)
 };
 
-SwigluWeights expert_slice(const Tensor& w1, const Tensor& w3, const Tensor& w2, i64 e) {
-  return SwigluWeights{w1.select(0, e), w3.select(0, e), w2.select(0, e)};
-}
-
-// Local experts: local expert e runs its SwiGLU as GEMMs on its contiguous row range of x_exp,
-// with experts.w1[e] the [F, D] slice of this rank's [E/ep, F, D] tensor (MODEL.md 4). Empty
-// experts do nothing.
+// Local experts: local expert e runs its SwiGLU (MODEL.md 4) on its contiguous row range of
+// x_exp, with experts.w1[e] the [F, D] slice of this rank's [E/ep, F, D] tensor. Each projection
+// is one grouped GEMM over all local experts (empty experts take no rows); SwiGLU is elementwise,
+// so it runs once on all R rows.
 ExpertActs moe_experts_forward(LayerContext& ctx, const MoeParams& p, const MoeDispatch& d) {
   const Tensor w1 = ctx.param(p.w1), w3 = ctx.param(p.w3), w2 = ctx.param(p.w2);
   const i64 F = w1.size(1), D = w1.size(2);
+  const std::vector<i64>& rows = d.expert_rows;
+  Backend& be = ctx.backend;
   ExpertActs a;
   const i64 R = d.x_exp.size(0);
   a.gate = ctx.save(Shape{R, F});
   a.up = ctx.save(Shape{R, F});
   a.y = ctx.save(Shape{R, D});
-  i64 row = 0;
-  for (i64 e = 0; e < static_cast<i64>(d.expert_rows.size()); ++e) {
-    const i64 n = d.expert_rows[static_cast<std::size_t>(e)];
-    if (n == 0) continue;
-    swiglu_ffn_forward(ctx, d.x_exp.slice(0, row, n), expert_slice(w1, w3, w2, e),
-                       a.gate.slice(0, row, n), a.up.slice(0, row, n), a.y.slice(0, row, n));
-    row += n;
-  }
+  if (R == 0) return a;
+  ScratchScope scope(ctx.scratch);
+  be.grouped_gemm(d.x_exp, w1, true, rows, a.gate);  // gate_e = x_e · w1[e]ᵀ
+  be.grouped_gemm(d.x_exp, w3, true, rows, a.up);    // up_e = x_e · w3[e]ᵀ
+  Tensor h = ctx.temp(Shape{R, F});                  // [R, F] silu(gate) ⊙ up
+  be.swiglu_forward(a.gate, a.up, h);
+  be.grouped_gemm(h, w2, true, rows, a.y);  // y_e = h_e · w2[e]ᵀ
   return a;
 }
 
-// dx_exp [R, D] overwritten; the experts' weight gradients accumulate.
+// dx_exp [R, D] overwritten; the experts' weight gradients accumulate (grouped_gemm_wgrad with
+// beta = 1: an expert without rows keeps its gradient).
 void moe_experts_backward(LayerContext& ctx, const MoeParams& p, const MoeDispatch& d,
                           const ExpertActs& a, const Tensor& dy_exp, const Tensor& dx_exp) {
   const Tensor w1 = ctx.param(p.w1), w3 = ctx.param(p.w3), w2 = ctx.param(p.w2);
   const Tensor g1 = ctx.grad(p.w1), g3 = ctx.grad(p.w3), g2 = ctx.grad(p.w2);
-  i64 row = 0;
-  for (i64 e = 0; e < static_cast<i64>(d.expert_rows.size()); ++e) {
-    const i64 n = d.expert_rows[static_cast<std::size_t>(e)];
-    if (n == 0) continue;
-    swiglu_ffn_backward(ctx, d.x_exp.slice(0, row, n), expert_slice(w1, w3, w2, e),
-                        a.gate.slice(0, row, n), a.up.slice(0, row, n), dy_exp.slice(0, row, n),
-                        dx_exp.slice(0, row, n), false, expert_slice(g1, g3, g2, e));
-    row += n;
-  }
+  const std::vector<i64>& rows = d.expert_rows;
+  Backend& be = ctx.backend;
+  if (d.x_exp.size(0) == 0) return;
+  ScratchScope scope(ctx.scratch);
+  // The hidden is recomputed rather than saved: one elementwise op against an [R, F] tensor.
+  Tensor h = ctx.temp(a.gate.shape);  // [R, F]
+  be.swiglu_forward(a.gate, a.up, h);
+  Tensor dh = ctx.temp(a.gate.shape);                                   // [R, F]
+  be.grouped_gemm(dy_exp, w2, false, rows, dh);                         // dh_e = dy_e · w2[e]
+  be.grouped_gemm_wgrad(dy_exp, h, rows, g2, 1.0, 1.0);                 // dw2[e] += dy_eᵀ · h_e
+  Tensor dgate = ctx.temp(a.gate.shape), dup = ctx.temp(a.gate.shape);  // [R, F]
+  be.swiglu_backward(a.gate, a.up, dh, dgate, dup);
+  be.grouped_gemm(dgate, w1, false, rows, dx_exp);            // dx_e = dgate_e · w1[e]
+  be.grouped_gemm(dup, w3, false, rows, dx_exp, 1.0, 1.0);    //      + dup_e · w3[e]
+  be.grouped_gemm_wgrad(dgate, d.x_exp, rows, g1, 1.0, 1.0);  // dw1[e] += dgate_eᵀ · x_e
+  be.grouped_gemm_wgrad(dup, d.x_exp, rows, g3, 1.0, 1.0);    // dw3[e] += dup_eᵀ · x_e
 }
 
 // The shared expert, y += sigmoid(x shared_gateᵀ) · SwiGLU_shared(x): an expert that every token

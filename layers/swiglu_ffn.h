@@ -1,5 +1,6 @@
-// The SwiGLU feed-forward of MODEL.md 1, shared by the dense FFN, each routed expert and the
-// shared expert of the MoE block (MODEL.md 4): y = (silu(x w1ᵀ) ⊙ (x w3ᵀ)) w2ᵀ.
+// The SwiGLU feed-forward of MODEL.md 1, shared by the dense FFN and the shared expert of the MoE
+// block (MODEL.md 4): y = (silu(x w1ᵀ) ⊙ (x w3ᵀ)) w2ᵀ. The routed experts compute the same with
+// one grouped GEMM per projection (layers/moe.cpp).
 #pragma once
 #include "layers/layer.h"
 

@@ -19,7 +19,8 @@
 // FLOPs and bytes per row (es = element size; "bytes" = each input read once, each output
 // written once: the floor a kernel can reach; FLOPs only where matrix work dominates):
 //   gemm             F = 2·M·N·K              B = (M·K + K·N + M·N)·es
-//   experts_*        F = 3·2·A·F·D            B = (2·A·D + 3·E·F·D + 6·A·F)·es
+//   experts_*        fwd F = 3·2·A·F·D        B = (2·A·D + 3·E·F·D + 6·A·F)·es
+//                    bwd F = 6·2·A·F·D        B = (7·A·D + 9·E·F·D + 14·A·F)·es
 //   rms_norm         fwd B = 2·N·D·es + D·es + 4N     bwd B = 3·N·D·es + 2·D·es + 4N
 //   swiglu           fwd B = 3·N·F·es                 bwd B = 5·N·F·es
 //   rope             fwd, bwd B = 2·B·T·H·d·es
@@ -267,37 +268,130 @@ void add_gemms(std::vector<Case>& cs, DType dt) {
 }
 
 // The MoE layer's expert FFNs (SwiGLU: gate = x·W1ᵀ, up = x·W3ᵀ, h = silu(gate)·up, y = h·W2ᵀ)
-// over A = N·k rows grouped by expert, evenly routed (A/E rows per expert).
+// over A = N·k rows grouped by expert. Routing "even": A/E rows per expert; "skewed": expert e
+// gets a share ∝ 1/(1 + e mod 16) and every 8th expert none (what a young router does).
+std::vector<i64> expert_rows(i64 A, bool skewed) {
+  std::vector<i64> rows(static_cast<std::size_t>(kE), A / kE);
+  if (!skewed) return rows;
+  double total = 0;
+  for (i64 e = 0; e < kE; ++e) total += e % 8 == 7 ? 0.0 : 1.0 / static_cast<double>(1 + e % 16);
+  i64 given = 0;
+  for (i64 e = 0; e < kE; ++e) {
+    const double w = e % 8 == 7 ? 0.0 : 1.0 / static_cast<double>(1 + e % 16);
+    rows[static_cast<std::size_t>(e)] = static_cast<i64>(static_cast<double>(A) * w / total);
+    given += rows[static_cast<std::size_t>(e)];
+  }
+  rows[0] += A - given;
+  return rows;
+}
+
+// One MoE layer's expert tensors: x, dy [A, D]; gate, up, h and their gradients [A, F];
+// weights and their gradients [E, F, D] (w2: [E, D, F]).
+struct Experts {
+  Experts(Arena& a, DType dt, i64 A)
+      : x(a.uniform(dt, Shape{A, kD}, -1, 1)),
+        dy(a.uniform(dt, Shape{A, kD}, -1, 1)),
+        w1(a.uniform(dt, Shape{kE, kF, kD}, -0.05, 0.05)),
+        w3(a.uniform(dt, Shape{kE, kF, kD}, -0.05, 0.05)),
+        w2(a.uniform(dt, Shape{kE, kD, kF}, -0.05, 0.05)),
+        g1(a.uniform(dt, Shape{kE, kF, kD}, -0.01, 0.01)),
+        g3(a.uniform(dt, Shape{kE, kF, kD}, -0.01, 0.01)),
+        g2(a.uniform(dt, Shape{kE, kD, kF}, -0.01, 0.01)),
+        gate(a.alloc(dt, Shape{A, kF})),
+        up(a.alloc(dt, Shape{A, kF})),
+        h(a.alloc(dt, Shape{A, kF})),
+        dh(a.alloc(dt, Shape{A, kF})),
+        dgate(a.alloc(dt, Shape{A, kF})),
+        dup(a.alloc(dt, Shape{A, kF})),
+        y(a.alloc(dt, Shape{A, kD})),
+        dx(a.alloc(dt, Shape{A, kD})) {}
+  Tensor x, dy, w1, w3, w2, g1, g3, g2, gate, up, h, dh, dgate, dup, y, dx;
+};
+
+// The per-expert loop layers/moe.cpp ran before the grouped GEMM: cuBLAS GEMMs per expert.
+void experts_loop_forward(Backend& be, const Experts& t, const std::vector<i64>& rows) {
+  i64 at = 0;
+  for (i64 e = 0; e < kE; ++e) {
+    const i64 n = rows[static_cast<std::size_t>(e)];
+    if (n == 0) continue;
+    const Tensor x = t.x.slice(0, at, n), g = t.gate.slice(0, at, n), u = t.up.slice(0, at, n);
+    const Tensor h = t.h.slice(0, at, n);
+    be.gemm(x, false, t.w1.select(0, e), true, g, 1.0, 0.0);
+    be.gemm(x, false, t.w3.select(0, e), true, u, 1.0, 0.0);
+    be.swiglu_forward(g, u, h);
+    be.gemm(h, false, t.w2.select(0, e), true, t.y.slice(0, at, n), 1.0, 0.0);
+    at += n;
+  }
+}
+void experts_loop_backward(Backend& be, const Experts& t, const std::vector<i64>& rows) {
+  i64 at = 0;
+  for (i64 e = 0; e < kE; ++e) {
+    const i64 n = rows[static_cast<std::size_t>(e)];
+    if (n == 0) continue;
+    auto s = [&](const Tensor& v) { return v.slice(0, at, n); };
+    be.swiglu_forward(s(t.gate), s(t.up), s(t.h));
+    be.gemm(s(t.dy), false, t.w2.select(0, e), false, s(t.dh), 1.0, 0.0);
+    be.gemm(s(t.dy), true, s(t.h), false, t.g2.select(0, e), 1.0, 1.0);
+    be.swiglu_backward(s(t.gate), s(t.up), s(t.dh), s(t.dgate), s(t.dup));
+    be.gemm(s(t.dgate), false, t.w1.select(0, e), false, s(t.dx), 1.0, 0.0);
+    be.gemm(s(t.dup), false, t.w3.select(0, e), false, s(t.dx), 1.0, 1.0);
+    be.gemm(s(t.dgate), true, s(t.x), false, t.g1.select(0, e), 1.0, 1.0);
+    be.gemm(s(t.dup), true, s(t.x), false, t.g3.select(0, e), 1.0, 1.0);
+    at += n;
+  }
+}
+
+// What layers/moe.cpp does now: one grouped GEMM per projection, SwiGLU on all rows at once.
+void experts_grouped_forward(Backend& be, const Experts& t, const std::vector<i64>& rows) {
+  be.grouped_gemm(t.x, t.w1, true, rows, t.gate, 1.0, 0.0);
+  be.grouped_gemm(t.x, t.w3, true, rows, t.up, 1.0, 0.0);
+  be.swiglu_forward(t.gate, t.up, t.h);
+  be.grouped_gemm(t.h, t.w2, true, rows, t.y, 1.0, 0.0);
+}
+void experts_grouped_backward(Backend& be, const Experts& t, const std::vector<i64>& rows) {
+  be.swiglu_forward(t.gate, t.up, t.h);
+  be.grouped_gemm(t.dy, t.w2, false, rows, t.dh, 1.0, 0.0);
+  be.grouped_gemm_wgrad(t.dy, t.h, rows, t.g2, 1.0, 1.0);
+  be.swiglu_backward(t.gate, t.up, t.dh, t.dgate, t.dup);
+  be.grouped_gemm(t.dgate, t.w1, false, rows, t.dx, 1.0, 0.0);
+  be.grouped_gemm(t.dup, t.w3, false, rows, t.dx, 1.0, 1.0);
+  be.grouped_gemm_wgrad(t.dgate, t.x, rows, t.g1, 1.0, 1.0);
+  be.grouped_gemm_wgrad(t.dup, t.x, rows, t.g3, 1.0, 1.0);
+}
+
 void add_experts(std::vector<Case>& cs, DType dt) {
   const i64 A = kTok * kTopK, n = A / kE;
-  const std::string shape =
+  // fwd: F = 3 GEMMs · 2·A·F·D; B = x, y, 3 weights, gate/up written, gate/up/h read, h written.
+  // bwd: F = 6 GEMMs; B = the sequence's traffic: 7·A·D + 14·A·F + 9·E·F·D (weight gradients
+  // read and written).
+  const double fwd_flops = 3 * 2.0 * A * kF * kD, bwd_flops = 2 * fwd_flops;
+  const double fwd_bytes = (2.0 * A * kD + 3.0 * kE * kF * kD + 6.0 * A * kF) * es(dt);
+  const double bwd_bytes = (7.0 * A * kD + 9.0 * kE * kF * kD + 14.0 * A * kF) * es(dt);
+  for (const bool skewed : {false, true}) {
+    const std::string shape = "E=" + ll(kE) +
+                              (skewed ? " skewed rows, 8 empty" : " rows/expert=" + ll(n)) +
+                              " D=" + ll(kD) + " F=" + ll(kF);
+    const std::vector<i64> rows = expert_rows(A, skewed);
+    cs.push_back(
+        {"experts_loop", shape, dt, {"fwd", "bwd"}, [=](Runner& r, Arena& a, const Case& c) {
+           const Experts t(a, dt, A);
+           r.time(
+               c, "fwd", fwd_flops, fwd_bytes, [&] { experts_loop_forward(r.be, t, rows); },
+               "a loop of cuBLAS GEMMs per expert (layers/moe.cpp before issue 8)");
+           r.time(c, "bwd", bwd_flops, bwd_bytes, [&] { experts_loop_backward(r.be, t, rows); });
+         }});
+    cs.push_back(
+        {"experts_grouped", shape, dt, {"fwd", "bwd"}, [=](Runner& r, Arena& a, const Case& c) {
+           const Experts t(a, dt, A);
+           r.time(
+               c, "fwd", fwd_flops, fwd_bytes, [&] { experts_grouped_forward(r.be, t, rows); },
+               "one grouped GEMM per projection (layers/moe.cpp)");
+           r.time(c, "bwd", bwd_flops, bwd_bytes, [&] { experts_grouped_backward(r.be, t, rows); });
+         }});
+  }
+  const std::string even =
       "E=" + ll(kE) + " rows/expert=" + ll(n) + " D=" + ll(kD) + " F=" + ll(kF);
-  // F = 3 GEMMs · 2·A·F·D; B = x, y, 3 weights, gate/up written, gate/up/h read, h written.
-  const double flops = 3 * 2.0 * A * kF * kD;
-  const double bytes = (2.0 * A * kD + 3.0 * kE * kF * kD + 6.0 * A * kF) * es(dt);
-  cs.push_back({"experts_loop", shape, dt, {"fwd"}, [=](Runner& r, Arena& a, const Case& c) {
-                  Tensor x = a.uniform(dt, Shape{A, kD}, -1, 1);
-                  Tensor w1 = a.uniform(dt, Shape{kE, kF, kD}, -0.05, 0.05);
-                  Tensor w3 = a.uniform(dt, Shape{kE, kF, kD}, -0.05, 0.05);
-                  Tensor w2 = a.uniform(dt, Shape{kE, kD, kF}, -0.05, 0.05);
-                  Tensor g = a.alloc(dt, Shape{A, kF}), u = a.alloc(dt, Shape{A, kF});
-                  Tensor h = a.alloc(dt, Shape{A, kF}), y = a.alloc(dt, Shape{A, kD});
-                  r.time(
-                      c, "fwd", flops, bytes,
-                      [&] {
-                        for (i64 e = 0; e < kE; ++e) {
-                          const Tensor xe = x.slice(0, e * n, n), ge = g.slice(0, e * n, n);
-                          const Tensor ue = u.slice(0, e * n, n), he = h.slice(0, e * n, n);
-                          r.be.gemm(xe, false, w1.select(0, e), true, ge, 1.0, 0.0);
-                          r.be.gemm(xe, false, w3.select(0, e), true, ue, 1.0, 0.0);
-                          r.be.swiglu_forward(ge, ue, he);
-                          r.be.gemm(he, false, w2.select(0, e), true, y.slice(0, e * n, n), 1.0,
-                                    0.0);
-                        }
-                      },
-                      "what layers/moe.cpp does: 3 GEMMs + SwiGLU per expert");
-                }});
-  cs.push_back({"experts_batched", shape, dt, {"fwd"}, [=](Runner& r, Arena& a, const Case& c) {
+  cs.push_back({"experts_batched", even, dt, {"fwd"}, [=](Runner& r, Arena& a, const Case& c) {
                   Tensor x = a.uniform(dt, Shape{kE, n, kD}, -1, 1);
                   Tensor w1 = a.uniform(dt, Shape{kE, kF, kD}, -0.05, 0.05);
                   Tensor w3 = a.uniform(dt, Shape{kE, kF, kD}, -0.05, 0.05);
@@ -305,7 +399,7 @@ void add_experts(std::vector<Case>& cs, DType dt) {
                   Tensor g = a.alloc(dt, Shape{kE, n, kF}), u = a.alloc(dt, Shape{kE, n, kF});
                   Tensor h = a.alloc(dt, Shape{kE, n, kF}), y = a.alloc(dt, Shape{kE, n, kD});
                   r.time(
-                      c, "fwd", flops, bytes,
+                      c, "fwd", fwd_flops, fwd_bytes,
                       [&] {
                         r.be.gemm(x, false, w1, true, g, 1.0, 0.0);
                         r.be.gemm(x, false, w3, true, u, 1.0, 0.0);
@@ -313,7 +407,7 @@ void add_experts(std::vector<Case>& cs, DType dt) {
                                             h.reshape(Shape{A, kF}));
                         r.be.gemm(h, false, w2, true, y, 1.0, 0.0);
                       },
-                      "strided-batched GEMM, equal rows per expert: the bound for a grouped GEMM");
+                      "strided-batched GEMM, equal rows per expert: the bound for the grouped one");
                 }});
 }
 
@@ -798,9 +892,10 @@ int main(int argc, char** argv) {
       "median of 5 batches of %d calls (0: ~20 ms each)\n",
       opt.peak_tflops, opt.peak_f32_tflops, opt.peak_gbs, opt.iters);
   r.note(
-      "Backend has no grouped GEMM yet: experts_loop times the per-expert GEMM loop of "
-      "layers/moe.cpp; experts_batched (cuBLAS strided-batched, equal rows per expert) is the "
-      "bound a grouped GEMM (still to write) should reach");
+      "experts_grouped times layers/moe.cpp's grouped GEMMs (one per projection), experts_loop "
+      "the per-expert loop of cuBLAS GEMMs it replaced, both with even and skewed routing; "
+      "experts_batched (cuBLAS strided-batched, equal rows per expert) is the bound for the even "
+      "case");
   r.note(
       "moe_permute*/moe_unpermute* and moe_dispatch_plan synchronise with the host inside "
       "every call (order validation / host result): their times include it");

@@ -22,6 +22,12 @@ class CpuBackend final : public Backend {
 
   void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) override;
+  void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b,
+                    const std::vector<std::int64_t>& group_rows, const Tensor& c, double alpha,
+                    double beta) override;
+  void grouped_gemm_wgrad(const Tensor& a, const Tensor& b,
+                          const std::vector<std::int64_t>& group_rows, const Tensor& c,
+                          double alpha, double beta) override;
 
   void add(const Tensor& a, const Tensor& b, const Tensor& out) override;
   void mul(const Tensor& a, const Tensor& b, const Tensor& out) override;

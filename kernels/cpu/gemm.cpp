@@ -6,31 +6,28 @@
 //       for jr (NR columns):   the B micro-panel stays in L1
 //         for ir (MR rows):    micro-kernel: MR x NR accumulators in vector registers
 // Threads take whole batches, or split C by rows (or by columns when C is short and wide); each
-// packs its own panels, so there are no barriers.
+// packs its own panels, so there are no barriers. The grouped GEMMs (grouped_gemm.cpp) hand the
+// same driver a list of problems, which share one parallel region.
 // C with few rows or columns (kFew) and a transposed op(b) (x · Wᵀ) goes through a dot-product
 // kernel instead: packing would cost about as much as the product. A plain op(b) with few rows
 // is read in place by the micro-kernel. The path depends on the whole problem, not on a thread's
 // part, so results do not depend on the thread count.
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/gemm_kernels.h"
 
 namespace linmoe {
+namespace cpu::gemm_detail {
 namespace {
-
-using cpu::gemm_detail::dot_kernel_for;
-using cpu::gemm_detail::GemmBlocking;
-using cpu::gemm_detail::i64;
-using cpu::gemm_detail::kDotTile;
-using cpu::gemm_detail::micro_kernel_for;
-using cpu::gemm_detail::Operand;
-using cpu::gemm_detail::transpose_tile;
 
 // "Few" rows or columns of C (see the top of the file).
 constexpr i64 kFew = 32;
@@ -195,69 +192,103 @@ void scale_c(i64 M, i64 N, T beta, T* c, i64 ldc) {
   }
 }
 
-struct GemmShape {
-  i64 batch, M, N, K;
-  i64 a_bs, b_bs, c_bs;  // batch strides (0 for a broadcast 2-D operand)
-  i64 lda, ldb, ldc;     // row strides
-  bool trans_a, trans_b;
-};
-
 // Below this many flops one thread is faster than waking another.
 constexpr double kParallelFlops = 2e5;
 
+double problem_flops(const GemmProblem& p) {
+  return 2.0 * static_cast<double>(p.batch) * static_cast<double>(p.M) * static_cast<double>(p.N) *
+         static_cast<double>(p.K);
+}
+
+// Pieces per batch of problem p, each a range of C's rows (C at least as tall as wide) or
+// columns: a lone problem keeps whole batches per thread when they divide evenly over nt, else
+// splits every batch nt ways; among several (a grouped call) each problem gets pieces in
+// proportion to its share of the flops, so one large group does not leave threads idle.
+i64 pieces(const GemmProblem& p, std::size_t problems, double total_flops, int nt) {
+  if (p.batch == 0 || p.M == 0 || p.N == 0) return 0;
+  if (problems == 1) return p.batch % nt == 0 ? 1 : nt;
+  if (total_flops <= 0) return 1;
+  const double share = static_cast<double>(nt) * problem_flops(p) / total_flops;
+  return std::min<i64>(nt, std::max<i64>(1, static_cast<i64>(std::ceil(share))));
+}
+
+// Piece `part` of `parts` of batch bi of p.
 template <class T>
-void gemm_typed(const GemmShape& s, const void* a_data, const void* b_data, void* c_data, T alpha,
-                T beta, int threads) {
-  const T* a = static_cast<const T*>(a_data);
-  const T* b = static_cast<const T*>(b_data);
-  T* c = static_cast<T*>(c_data);
-  const double flops = 2.0 * static_cast<double>(s.batch) * static_cast<double>(s.M) *
-                       static_cast<double>(s.N) * static_cast<double>(s.K);
-  const int nt = flops < kParallelFlops ? 1 : threads;
-  // Whole batches per thread when they divide evenly, else every batch split nt ways: by rows
-  // when C is at least as tall as wide, else by columns.
-  const i64 parts = s.batch % nt == 0 ? 1 : nt;
-  const bool split_rows = s.M >= s.N;
+void run_piece(const GemmProblem& p, i64 bi, i64 part, i64 parts, T alpha, T beta) {
+  const T* a = static_cast<const T*>(p.a);
+  const T* b = static_cast<const T*>(p.b);
+  T* c = static_cast<T*>(p.c);
+  const bool split_rows = p.M >= p.N;
   constexpr i64 MR = GemmBlocking<T>::kMR, NR = GemmBlocking<T>::kNR;
-  const i64 unit = split_rows ? MR : NR, extent = split_rows ? s.M : s.N;
+  const i64 unit = split_rows ? MR : NR, extent = split_rows ? p.M : p.N;
   const i64 units = (extent + unit - 1) / unit;
-  const i64 tasks = s.batch * parts;
-  const bool few_rows = s.M <= kFew, few_cols = s.N <= kFew;
-  const bool dot = s.trans_b && (few_rows || few_cols);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 task = 0; task < tasks; ++task) {
-    const i64 bi = task / parts, part = task % parts;
-    const i64 lo = std::min(extent, units * part / parts * unit);
-    const i64 hi = std::min(extent, units * (part + 1) / parts * unit);
-    if (hi <= lo) continue;
-    const i64 m0 = split_rows ? lo : 0, m = split_rows ? hi - lo : s.M;
-    const i64 n0 = split_rows ? 0 : lo, n = split_rows ? s.N : hi - lo;
-    T* cb = c + bi * s.c_bs + m0 * s.ldc + n0;
-    if (s.K == 0 || alpha == T(0)) {
-      scale_c(m, n, beta, cb, s.ldc);
-      continue;
-    }
-    // op(a)(i, k) and op(b)(k, j) as strided operands.
-    Operand<T> oa = s.trans_a ? Operand<T>{a + bi * s.a_bs + m0, 1, s.lda}
-                              : Operand<T>{a + bi * s.a_bs + m0 * s.lda, s.lda, 1};
-    Operand<T> ob = s.trans_b ? Operand<T>{b + bi * s.b_bs + n0 * s.ldb, 1, s.ldb}
-                              : Operand<T>{b + bi * s.b_bs + n0, s.ldb, 1};
-    if (dot) {
-      gemm_dot(m, n, s.K, alpha, oa, ob, beta, cb, s.ldc, few_cols);
-    } else {
-      gemm_serial(m, n, s.K, alpha, oa, ob, beta, cb, s.ldc, few_rows);
-    }
+  const i64 lo = std::min(extent, units * part / parts * unit);
+  const i64 hi = std::min(extent, units * (part + 1) / parts * unit);
+  if (hi <= lo) return;
+  const i64 m0 = split_rows ? lo : 0, m = split_rows ? hi - lo : p.M;
+  const i64 n0 = split_rows ? 0 : lo, n = split_rows ? p.N : hi - lo;
+  T* cb = c + bi * p.c_bs + m0 * p.ldc + n0;
+  if (p.K == 0 || alpha == T(0)) {
+    scale_c(m, n, beta, cb, p.ldc);
+    return;
+  }
+  // op(a)(i, k) and op(b)(k, j) as strided operands.
+  const Operand<T> oa = p.trans_a ? Operand<T>{a + bi * p.a_bs + m0, 1, p.lda}
+                                  : Operand<T>{a + bi * p.a_bs + m0 * p.lda, p.lda, 1};
+  const Operand<T> ob = p.trans_b ? Operand<T>{b + bi * p.b_bs + n0 * p.ldb, 1, p.ldb}
+                                  : Operand<T>{b + bi * p.b_bs + n0, p.ldb, 1};
+  // The path depends on the whole problem, not on the piece (see the top of the file).
+  const bool few_rows = p.M <= kFew, few_cols = p.N <= kFew;
+  if (p.trans_b && (few_rows || few_cols)) {
+    gemm_dot(m, n, p.K, alpha, oa, ob, beta, cb, p.ldc, few_cols);
+  } else {
+    gemm_serial(m, n, p.K, alpha, oa, ob, beta, cb, p.ldc, few_rows);
   }
 }
 
-// Row stride of a matrix view whose last dimension must have stride 1.
-i64 row_stride(const Tensor& t, const char* arg) {
-  LINMOE_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, "gemm: ", arg, " ", t.str(),
+// Every piece of every problem is one task; threads take them dynamically (pieces write
+// disjoint parts of C, so the order does not change any result).
+template <class T>
+void run_typed(const std::vector<GemmProblem>& ps, T alpha, T beta, int threads) {
+  double flops = 0;
+  for (const GemmProblem& p : ps) flops += problem_flops(p);
+  const int nt = flops < kParallelFlops ? 1 : threads;
+  std::vector<i64> parts(ps.size()), first_task(ps.size() + 1, 0);  // tasks of p: [first, next)
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    parts[i] = pieces(ps[i], ps.size(), flops, nt);
+    first_task[i + 1] = first_task[i] + ps[i].batch * parts[i];
+  }
+  const i64 tasks = first_task.back();
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (i64 task = 0; task < tasks; ++task) {
+    const std::size_t i = static_cast<std::size_t>(
+        std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1);
+    const i64 t = task - first_task[i];
+    run_piece(ps[i], t / parts[i], t % parts[i], parts[i], alpha, beta);
+  }
+}
+
+}  // namespace
+
+void run_gemm_problems(DType dtype, const std::vector<GemmProblem>& problems, double alpha,
+                       double beta, int threads, const char* op) {
+  cpu::dispatch_float(dtype, op, [&](auto zero) {
+    using T = decltype(zero);
+    run_typed<T>(problems, static_cast<T>(alpha), static_cast<T>(beta), threads);
+  });
+}
+
+i64 matrix_row_stride(const Tensor& t, const char* op, const char* arg) {
+  LINMOE_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", arg, " ", t.str(),
                " needs stride 1 in its last dimension, has ", t.stride(-1));
   return t.size(-2) <= 1 ? t.size(-1) : t.stride(-2);
 }
 
-}  // namespace
+}  // namespace cpu::gemm_detail
+
+using cpu::gemm_detail::GemmProblem;
+using cpu::gemm_detail::i64;
+using cpu::gemm_detail::matrix_row_stride;
 
 void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                       double alpha, double beta) {
@@ -269,7 +300,7 @@ void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans
   check_same_dtype(b, c, op);
   LINMOE_CHECK(c.ndim() == 2 || c.ndim() == 3, op, ": c ", c.str(),
                " must be [M, N] or [Bt, M, N]");
-  GemmShape s{};
+  GemmProblem s;
   s.batch = c.ndim() == 3 ? c.size(0) : 1;
   s.M = c.size(-2);
   s.N = c.size(-1);
@@ -293,19 +324,19 @@ void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans
   LINMOE_CHECK(b_k == s.K && b_n == s.N, op, ": op(b) of ", b.str(),
                (trans_b ? " (transposed)" : ""), " is [", b_k, ", ", b_n, "], expected [K=", s.K,
                ", N=", s.N, "] from a ", a.str(), " and c ", c.str());
-  s.lda = row_stride(a, "a");
-  s.ldb = row_stride(b, "b");
-  s.ldc = row_stride(c, "c");
+  s.lda = matrix_row_stride(a, op, "a");
+  s.ldb = matrix_row_stride(b, op, "b");
+  s.ldc = matrix_row_stride(c, op, "c");
   LINMOE_CHECK(s.M <= 1 || s.ldc >= s.N, op, ": rows of c ", c.str(), " overlap (row stride ",
                s.ldc, ")");
   s.a_bs = a.ndim() == 3 ? a.stride(0) : 0;
   s.b_bs = b.ndim() == 3 ? b.stride(0) : 0;
   s.c_bs = c.ndim() == 3 ? c.stride(0) : 0;
   if (s.batch == 0 || s.M == 0 || s.N == 0) return;
-  cpu::dispatch_float(c.dtype, op, [&](auto zero) {
-    using T = decltype(zero);
-    gemm_typed<T>(s, a.data, b.data, c.data, static_cast<T>(alpha), static_cast<T>(beta), threads_);
-  });
+  s.a = a.data;
+  s.b = b.data;
+  s.c = c.data;
+  cpu::gemm_detail::run_gemm_problems(c.dtype, {s}, alpha, beta, threads_, op);
 }
 
 }  // namespace linmoe

@@ -1,10 +1,14 @@
 // GEMM micro-kernels of the CPU backend (private to gemm.cpp): register tiles written with GCC
 // vector extensions, so -march picks the instructions (AVX-512 FMAs with broadcast operands).
+// At the end, the driver that gemm.cpp exports to the grouped GEMMs (grouped_gemm.cpp).
 #pragma once
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <utility>
+#include <vector>
+
+#include "core/tensor.h"
 
 namespace linmoe::cpu::gemm_detail {
 
@@ -230,5 +234,30 @@ inline void transpose_tile(const T* src, i64 lds, T* dst, i64 ldd) {
 #pragma GCC unroll 16
   for (int k = 0; k < L; ++k) store_vec(dst + k * ldd, r[k]);
 }
+
+// ---- the driver (gemm.cpp), shared by gemm and the grouped GEMMs ----------------------------
+
+// One product: C[M, N] = alpha · op(A)[M, K] · op(B)[K, N] + beta · C for each of `batch`
+// matrices. Element (i, k) of A is a[i·lda + k] (a[k·lda + i] when trans_a), likewise B; the
+// pointers hold the call's dtype.
+struct GemmProblem {
+  i64 batch = 1, M = 0, N = 0, K = 0;
+  i64 a_bs = 0, b_bs = 0, c_bs = 0;  // batch strides (0: one matrix shared by every batch)
+  i64 lda = 0, ldb = 0, ldc = 0;     // row strides
+  bool trans_a = false, trans_b = false;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+};
+
+// Runs every problem (dtype f32 or f64, else a check failure naming op) in one parallel region
+// of up to `threads` threads, with gemm's semantics for each: K == 0 or alpha == 0 gives
+// C = beta · C, beta == 0 never reads C. Results do not depend on the thread count.
+void run_gemm_problems(DType dtype, const std::vector<GemmProblem>& problems, double alpha,
+                       double beta, int threads, const char* op);
+
+// Row stride of a matrix view (the last two dimensions of t), whose last dimension must have
+// stride 1 (checked, naming op and arg).
+i64 matrix_row_stride(const Tensor& t, const char* op, const char* arg);
 
 }  // namespace linmoe::cpu::gemm_detail

@@ -6,6 +6,7 @@
 // D odd and above the block width), and every output is poisoned before the call.
 // bf16: the CPU backend has no bf16, so the inputs are rounded to bf16, the CPU runs on those
 // values in f32 and the GPU on the same values stored as bf16.
+// Also the experts' grouped GEMMs (forward, input and weight gradients) against the CPU.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -351,6 +352,57 @@ TEST_CASE("gpu moe permutation ops equal the CPU backend, deterministically",
             g->gpu->moe_unpermute_backward(dout_g, y_g, order_g, w_g, dy_g2, dw_g2);
             CHECK(device_values(*g, dw_g2) == dw_got);
           }
+        }
+      }
+    }
+  }
+}
+
+// The experts' grouped GEMMs (kernels/ops.h): forward c_g = a_g · b[g]ᵀ, input gradient
+// c_g = a_g · b[g] and weight gradient c[g] = a_gᵀ · b_g, against the CPU backend on the same
+// inputs. Empty groups first, inside and last; one group; no rows at all (the weight gradient
+// then only scales by beta); b and a as column slices of wider tensors (strided); beta = 0 over
+// NaN-poisoned outputs and beta = 1 accumulating into random values.
+TEST_CASE("gpu grouped_gemm and grouped_gemm_wgrad equal the CPU backend",
+          "[gpu][moe][grouped_gemm]") {
+  auto g = gpu_pair();
+  if (!g) return;
+  const std::vector<std::vector<i64>> layouts = {
+      {0, 5, 0, 17, 1, 130, 0}, {37}, {0, 0}, {64, 64, 64}};
+  const i64 K = 72, N = 40;
+  std::uint64_t seed = 9000;
+  for (DType dt : kFloatTypes) {
+    const double tol = tolerance(dt);
+    for (const std::vector<i64>& groups : layouts) {
+      const i64 G = static_cast<i64>(groups.size());
+      i64 R = 0;
+      for (i64 n : groups) R += n;
+      // b: [G, N, K], a column slice of [G, N, K + 3]; read as b[g]ᵀ (forward) or b[g] (dgrad).
+      HostTensor b_big = host_random(dt, Shape{G, N, K + 3}, ++seed);
+      const Tensor b = b_big.t().slice(2, 1, K), b_g = to_device(*g, b_big, dt).slice(2, 1, K);
+      // wgrad's a: [R, K], a column slice of [R, K + 2]; its b: [R, N].
+      HostTensor x_big = host_random(dt, Shape{R, K + 2}, ++seed);
+      HostTensor dy = host_random(dt, Shape{R, N}, ++seed);
+      const Tensor x = x_big.t().slice(1, 2, K), x_g = to_device(*g, x_big, dt).slice(1, 2, K);
+      const Tensor dy_g = to_device(*g, dy, dt);
+      for (int kind = 0; kind < 3; ++kind) {  // forward, dgrad, wgrad
+        for (double beta : {0.0, 1.0}) {
+          CAPTURE(dtype_name(dt), groups, kind, beta);
+          const Shape sc = kind == 0 ? Shape{R, N} : kind == 1 ? Shape{R, K} : Shape{G, K, N};
+          HostTensor c = host_random(dt, sc, ++seed);
+          if (beta == 0.0) poison(c.t());
+          const Tensor c_g = to_device(*g, c, dt);  // the same start values (or NaN) on the GPU
+          if (kind == 0) {
+            g->cpu->grouped_gemm(x, b, true, groups, c, 1.0, beta);
+            g->gpu->grouped_gemm(x_g, b_g, true, groups, c_g, 1.0, beta);
+          } else if (kind == 1) {
+            g->cpu->grouped_gemm(dy, b, false, groups, c, 1.0, beta);
+            g->gpu->grouped_gemm(dy_g, b_g, false, groups, c_g, 1.0, beta);
+          } else {
+            g->cpu->grouped_gemm_wgrad(x, dy, groups, c, 1.0, beta);
+            g->gpu->grouped_gemm_wgrad(x_g, dy_g, groups, c_g, 1.0, beta);
+          }
+          CHECK(max_rel_error(device_values(*g, c_g), c.to_f64()) <= tol);
         }
       }
     }
