@@ -1,9 +1,12 @@
 // The scalar-decay LSM core on the GPU (MODEL.md section 3: linear_attention, lightning,
 // retention, mamba2; contract in kernels/ops.h): the launchers. The chunked algorithm and its
 // kernels are in lsm_decay_chunk.cuh (kVector = false: one log decay per token and head; head h
-// reads q/k head ⌊h·Hk/H⌋).
+// reads q/k head ⌊h·Hk/H⌋). bf16 calls with chunk_size 64, Dk and Dv in {64, 128} and 16-byte
+// aligned rows go to the tensor-core kernels of lsm_scalar_decay_mma.cuh instead
+// (launched from lsm_scalar_decay_mma_launch.cuh).
 #include "kernels/cuda/cuda_context.cuh"
 #include "kernels/cuda/lsm_decay_chunk.cuh"
+#include "kernels/cuda/lsm_scalar_decay_mma_launch.cuh"
 
 namespace linmoe {
 namespace {
@@ -43,6 +46,14 @@ void CudaBackend::lsm_scalar_decay_forward(const Tensor& q, const Tensor& k, con
   const Dims d = check_inputs(q, k, v, log_decay, chunk_size, initial_state, op);
   check_rows(o, v.shape, q.dtype, op, "o");
   if (final_state.defined()) check_state(final_state, d, q.dtype, op, "final_state");
+  const Tensor* rows[] = {&q, &k, &v, &o};
+  if (q.dtype == DType::bf16 && cuda::lsm_mma::supports(d, chunk_size, rows, 4)) {
+    cuda::lsm_mma::dispatch_dims(d.Dk, d.Dv, [&](auto dk, auto dv) {
+      cuda::lsm_mma::forward<decltype(dk)::value, decltype(dv)::value>(
+          *this, d, q, k, v, log_decay, scale, initial_state, o, final_state);
+    });
+    return;
+  }
   cuda::dispatch_float(q.dtype, op, [&](auto zero) {
     using T = decltype(zero);
     cuda::lsm_decay::forward<false, T>(*this, d, q, k, v, log_decay, scale, initial_state, o,
@@ -67,6 +78,15 @@ void CudaBackend::lsm_scalar_decay_backward(const Tensor& q, const Tensor& k, co
   check_rows(dv, v.shape, dt, op, "dv");
   if (d_log_decay.defined()) check_rows(d_log_decay, log_decay.shape, dt, op, "d_log_decay");
   if (d_initial_state.defined()) check_state(d_initial_state, d, dt, op, "d_initial_state");
+  const Tensor* rows[] = {&q, &k, &v, &d_o, &dq, &dk, &dv};
+  if (dt == DType::bf16 && cuda::lsm_mma::supports(d, chunk_size, rows, 7)) {
+    cuda::lsm_mma::dispatch_dims(d.Dk, d.Dv, [&](auto dk_c, auto dv_c) {
+      cuda::lsm_mma::backward<decltype(dk_c)::value, decltype(dv_c)::value>(
+          *this, d, q, k, v, log_decay, scale, initial_state, d_o, d_final_state, dq, dk, dv,
+          d_log_decay, d_initial_state);
+    });
+    return;
+  }
   cuda::dispatch_float(dt, op, [&](auto zero) {
     using T = decltype(zero);
     cuda::lsm_decay::backward<false, T>(*this, d, q, k, v, log_decay, scale, initial_state, d_o,

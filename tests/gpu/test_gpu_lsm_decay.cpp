@@ -4,7 +4,8 @@
 // without an initial state and a final-state gradient; T ∈ {1, 7, 63, 65, 130} (not multiples of
 // the chunk), chunks 16 and 64, Hk < H (scalar family), Dk ≠ Dv (odd sizes), q/k/v as row-strided
 // slices of a fused [B, T, 2·Hk·Dk + H·Dv] buffer (their gradients too), in f32, bf16 and f64;
-// and T = 65536 with strong decays (finite, and equal to the CPU's result).
+// and T = 65536 with strong decays (finite, and equal to the CPU's result). The bf16 tensor-core
+// path (chunk 64, Dk, Dv ∈ {64, 128}) has its own cases at the end.
 //
 // Bounds (gpu_compare.h's tolerance(), the max error relative to the reference's largest value):
 // f32 1e-4: both backends run the same chunked mathematics in fp32 with the cumulative log
@@ -288,6 +289,54 @@ TEST_CASE("gpu lsm_vector_decay: forward and backward match the CPU backend", "[
   run_family(true);
 }
 
+// bf16 with chunk 64 and Dk, Dv ∈ {64, 128} takes the tensor-core kernels
+// (kernels/cuda/lsm_scalar_decay_mma.cuh): partial last chunks, GQA, states, strided rows.
+TEST_CASE("gpu lsm_scalar_decay: the bf16 tensor-core path matches the CPU backend", "[gpu][lsm]") {
+  auto p = testing::gpu_pair();
+  if (!p) return;
+  std::uint64_t seed = 5000;
+  for (i64 T : {1, 63, 64, 65, 200}) {
+    for (int dims = 0; dims < 4; ++dims) {
+      for (bool with_state : {false, true}) {
+        Case c;
+        c.T = T;
+        c.B = 2;
+        c.H = 4;
+        c.Hk = dims % 2 == 0 ? 2 : 4;
+        c.Dk = dims < 2 ? 64 : 128;
+        c.Dv = dims == 1 || dims == 2 ? 128 : 64;
+        c.chunk = 64;
+        c.dt = DType::bf16;
+        c.with_state = with_state;
+        c.strided = (T + dims) % 2 == 1;
+        c.seed = seed += 10;
+        run_case(*p, c);
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu lsm_scalar_decay: the bf16 tensor-core path at T = 65536 with strong decays",
+          "[gpu][lsm]") {
+  auto p = testing::gpu_pair();
+  if (!p) return;
+  for (i64 D : {64, 128}) {
+    Case c;
+    c.B = 1;
+    c.T = 65536;
+    c.H = 2;
+    c.Hk = 1;
+    c.Dk = D;
+    c.Dv = D;
+    c.chunk = 64;
+    c.dt = DType::bf16;
+    c.with_state = true;
+    c.strong = true;
+    c.seed = 91 + static_cast<std::uint64_t>(D);
+    run_case(*p, c);  // run_case checks every output finite first
+  }
+}
+
 TEST_CASE("gpu lsm decay: T = 65536 with strong decays stays finite and matches the CPU",
           "[gpu][lsm]") {
   auto p = testing::gpu_pair();
@@ -307,6 +356,53 @@ TEST_CASE("gpu lsm decay: T = 65536 with strong decays stays finite and matches 
     c.strong = true;
     c.seed = vector ? 77 : 55;
     run_case(*p, c);
+  }
+}
+
+// bf16 vector decay with chunk 64 and Dk, Dv ∈ {64, 128} takes the tensor-core kernels
+// (kernels/cuda/lsm_vector_decay_mma.cuh): GLA-like (64/128), HGRN2-like (128/128) and the other
+// two dims, partial last chunks, states, strided rows, optional outputs left out; then T = 65536
+// with strong per-channel decays (finite, and equal to the CPU's result).
+TEST_CASE("gpu lsm_vector_decay: the bf16 tensor-core path matches the CPU backend", "[gpu][lsm]") {
+  auto p = testing::gpu_pair();
+  if (!p) return;
+  std::uint64_t seed = 9000;
+  for (i64 T : {1, 15, 63, 64, 65, 200}) {
+    for (int dims = 0; dims < 4; ++dims) {
+      for (bool with_state : {false, true}) {
+        Case c;
+        c.vector = true;
+        c.T = T;
+        c.B = 2;
+        c.H = 3;
+        c.Hk = 3;
+        c.Dk = dims < 2 ? 64 : 128;
+        c.Dv = dims == 1 || dims == 2 ? 128 : 64;
+        c.chunk = 64;
+        c.dt = DType::bf16;
+        c.with_state = with_state;
+        c.strided = (T + dims) % 2 == 1;
+        c.strong = dims == 3 && T == 200;
+        c.seed = seed += 10;
+        run_case(*p, c);
+      }
+    }
+  }
+  for (i64 D : {64, 128}) {
+    Case c;
+    c.vector = true;
+    c.B = 1;
+    c.T = 65536;
+    c.H = 2;
+    c.Hk = 2;
+    c.Dk = D;
+    c.Dv = D;
+    c.chunk = 64;
+    c.dt = DType::bf16;
+    c.with_state = true;
+    c.strong = true;
+    c.seed = 191 + static_cast<std::uint64_t>(D);
+    run_case(*p, c);  // run_case checks every output finite first
   }
 }
 
