@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_context.cuh"
+#include "kernels/grouped_gemm_shape.h"
 
 namespace linmoe {
 namespace {
@@ -25,12 +26,10 @@ struct Product {
   void* c;
 };
 
-void check_operands(const Tensor& a, const Tensor& b, const Tensor& c, const char* op) {
+void check_devices(const Tensor& a, const Tensor& b, const Tensor& c, const char* op) {
   cuda::check_device(a, op, "a");
   cuda::check_device(b, op, "b");
   cuda::check_device(c, op, "c");
-  check_same_dtype(a, c, op);
-  check_same_dtype(b, c, op);
 }
 
 // Row stride of a matrix view (last dimension stride 1, rows not overlapping, ≥ 1 for cuBLAS).
@@ -41,19 +40,6 @@ i64 leading_dim(const Tensor& t, const char* op, const char* arg) {
   LINMOE_CHECK(ld >= cols, op, ": rows of ", arg, " ", t.str(), " overlap (row stride ", ld, " < ",
                cols, " columns)");
   return ld < 1 ? 1 : ld;
-}
-
-// The groups' first rows, offsets[g] = Σ_{h<g} rows[h]; checks rows[g] ≥ 0 and Σ rows == R.
-std::vector<i64> group_offsets(const std::vector<i64>& rows, i64 R, const char* op) {
-  std::vector<i64> offsets(rows.size());
-  i64 at = 0;
-  for (std::size_t g = 0; g < rows.size(); ++g) {
-    LINMOE_CHECK(rows[g] >= 0, op, ": group ", g, " has ", rows[g], " rows");
-    offsets[g] = at;
-    at += rows[g];
-  }
-  LINMOE_CHECK(at == R, op, ": the groups hold ", at, " rows, the operands ", R);
-  return offsets;
 }
 
 // Element (row, 0) of a 2-D or (group, row, 0) of a 3-D view.
@@ -128,17 +114,10 @@ void CudaBackend::grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b,
                                const std::vector<std::int64_t>& group_rows, const Tensor& c,
                                double alpha, double beta) {
   const char* op = "grouped_gemm";
-  check_operands(a, b, c, op);
-  LINMOE_CHECK(a.ndim() == 2 && b.ndim() == 3 && c.ndim() == 2, op, ": a ", a.str(), ", b ",
-               b.str(), " and c ", c.str(), " must be [R, K], [G, ., .] and [R, N]");
-  const i64 G = static_cast<i64>(group_rows.size()), R = c.size(0), N = c.size(1), K = a.size(1);
-  LINMOE_CHECK(a.size(0) == R, op, ": a ", a.str(), " and c ", c.str(), " differ in rows");
-  LINMOE_CHECK(b.size(0) == G, op, ": b ", b.str(), " has ", b.size(0), " groups, group_rows ", G);
-  const i64 b_k = trans_b ? b.size(2) : b.size(1), b_n = trans_b ? b.size(1) : b.size(2);
-  LINMOE_CHECK(b_k == K && b_n == N, op, ": op(b[g]) of ", b.str(),
-               (trans_b ? " (transposed)" : ""), " is [", b_k, ", ", b_n, "], expected [K=", K,
-               ", N=", N, "] from a ", a.str(), " and c ", c.str());
-  const std::vector<i64> offsets = group_offsets(group_rows, R, op);
+  check_devices(a, b, c, op);
+  const GroupedGemmShape shape = grouped_gemm_shape(a, b, trans_b, group_rows, c, op);
+  const i64 G = shape.G, N = shape.N, K = shape.K;
+  const std::vector<i64>& offsets = shape.first;
   const i64 lda = leading_dim(a, op, "a"), ldb = leading_dim(b, op, "b");
   const i64 ldc = leading_dim(c, op, "c");
   std::vector<Product> ps;
@@ -161,15 +140,10 @@ void CudaBackend::grouped_gemm_wgrad(const Tensor& a, const Tensor& b,
                                      const std::vector<std::int64_t>& group_rows, const Tensor& c,
                                      double alpha, double beta) {
   const char* op = "grouped_gemm_wgrad";
-  check_operands(a, b, c, op);
-  LINMOE_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 3, op, ": a ", a.str(), ", b ",
-               b.str(), " and c ", c.str(), " must be [R, M], [R, N] and [G, M, N]");
-  const i64 G = static_cast<i64>(group_rows.size()), R = a.size(0), M = c.size(1), N = c.size(2);
-  LINMOE_CHECK(b.size(0) == R, op, ": a ", a.str(), " and b ", b.str(), " differ in rows");
-  LINMOE_CHECK(c.size(0) == G && a.size(1) == M && b.size(1) == N, op, ": c ", c.str(),
-               " must be [G=", G, ", M=", a.size(1), ", N=", b.size(1), "] for a ", a.str(),
-               " and b ", b.str());
-  const std::vector<i64> offsets = group_offsets(group_rows, R, op);
+  check_devices(a, b, c, op);
+  const GroupedGemmShape shape = grouped_wgrad_shape(a, b, group_rows, c, op);
+  const i64 G = shape.G, M = shape.M, N = shape.N;
+  const std::vector<i64>& offsets = shape.first;
   const i64 lda = leading_dim(a, op, "a"), ldb = leading_dim(b, op, "b");
   const i64 ldc = leading_dim(c, op, "c");
   LINMOE_CHECK(G <= 1 || M * N == 0 || c.stride(0) >= (M - 1) * ldc + N, op, ": groups of c ",
