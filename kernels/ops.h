@@ -96,11 +96,15 @@ class Backend {
 
   // ---- normalisation, softmax, SwiGLU -----------------------------------------------------------
   // x, y: [N, D]; w: [D]; rstd: [N] stat. y = x · rstd · w, rstd = 1/sqrt(mean_j x_j² + eps).
+  // With a residual [N, D]: first x ← x + residual in place, and the sum as stored is normalised
+  // (a block's residual add fused with the next norm: one pass over x fewer).
   virtual void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
-                                const Tensor& rstd) = 0;
-  // dx overwritten; dw ACCUMULATES (dw += Σ_n dy·x·rstd).
+                                const Tensor& rstd, const Tensor& residual = Tensor{}) = 0;
+  // dx overwritten, or dx += when accumulate_dx (the residual stream's gradient: one pass and one
+  // temporary fewer); dw ACCUMULATES (dw += Σ_n dy·x·rstd).
   virtual void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                 const Tensor& rstd, const Tensor& dx, const Tensor& dw) = 0;
+                                 const Tensor& rstd, const Tensor& dx, const Tensor& dw,
+                                 bool accumulate_dx = false) = 0;
   // Row softmax of x: [N, C] into y: [N, C].
   virtual void softmax_forward(const Tensor& x, const Tensor& y) = 0;
   // dx = y ⊙ (dy − Σ_c dy·y), rows of [N, C].

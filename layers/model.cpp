@@ -261,10 +261,10 @@ void Model::block_forward(std::size_t i, BlockActivations& act, LayerContext& ct
   act.mixer_cache = b.mixer->forward(mixer_ctx, act.n1.reshape(Shape{B, T, D}),
                                      act.a.reshape(Shape{B, T, D}), &mixer_stats);
   tp_all_reduce(act.a);
-  be.axpy(1.0, h, act.a);  // a = h + Mixer(RMSNorm(h))
   act.n2 = ctx.save(Shape{N, D});
   act.rstd2 = ctx.saved.allocate(stat, Shape{N});
-  be.rms_norm_forward(act.a, params_.param(b.ffn_norm), config_.norm_eps, act.n2, act.rstd2);
+  // a = h + Mixer(RMSNorm(h)) and RMSNorm(a), one pass (the residual add fused into the norm).
+  be.rms_norm_forward(act.a, params_.param(b.ffn_norm), config_.norm_eps, act.n2, act.rstd2, h);
   act.ffn_cache =
       b.ffn->forward(ctx, act.n2.reshape(Shape{B, T, D}), next.reshape(Shape{B, T, D}), ffn_stats);
   tp_all_reduce(next);
@@ -417,8 +417,7 @@ Tensor Model::stage_backward(int slot, const Tensor& dh_out) {
     check_shape(dh_out, Shape{N, D}, "pipeline stage", "output gradient");
     be.copy(dh_out, dh);
   }
-  Tensor dn = ctx.save(Shape{N, D});     // gradient at a norm's output
-  Tensor dnorm = ctx.save(Shape{N, D});  // gradient through a norm to its input
+  Tensor dn = ctx.save(Shape{N, D});  // gradient at a norm's output
   for (std::size_t r = blocks_.size(); r-- > 0;) {
     Block& b = *blocks_[r];
     BlockActivations& act = s.blocks[r];
@@ -440,17 +439,15 @@ Tensor Model::stage_backward(int slot, const Tensor& dh_out) {
     be.fill(dn, 0.0);
     b.ffn->backward(ctx, *act.ffn_cache, dh.reshape(Shape{B, T, D}), dn.reshape(Shape{B, T, D}));
     tp_all_reduce(dn);
-    be.rms_norm_backward(dn, act.a, params_.param(b.ffn_norm), act.rstd2, dnorm,
-                         params_.grad(b.ffn_norm));
-    be.axpy(1.0, dnorm, dh);
+    be.rms_norm_backward(dn, act.a, params_.param(b.ffn_norm), act.rstd2, dh,
+                         params_.grad(b.ffn_norm), true);  // dh += RMSNorm'(dn)
     // a = h + Mixer(RMSNorm(h)): dh = da + RMSNorm'(Mixer'(da)).
     be.fill(dn, 0.0);
     b.mixer->backward(ctx, *act.mixer_cache, dh.reshape(Shape{B, T, D}),
                       dn.reshape(Shape{B, T, D}));
     tp_all_reduce(dn);
-    be.rms_norm_backward(dn, act.h, params_.param(b.mixer_norm), act.rstd1, dnorm,
-                         params_.grad(b.mixer_norm));
-    be.axpy(1.0, dnorm, dh);
+    be.rms_norm_backward(dn, act.h, params_.param(b.mixer_norm), act.rstd1, dh,
+                         params_.grad(b.mixer_norm), true);
     act.ffn_cache.reset();
     act.mixer_cache.reset();
     gradients_done(r);

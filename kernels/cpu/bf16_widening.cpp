@@ -124,9 +124,9 @@ class Bf16Widening final : public Backend {
   void activation_backward(Activation f, const Tensor& x, const Tensor& dy, const Tensor& dx,
                            bool accumulate) override;
   void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
-                        const Tensor& rstd) override;
+                        const Tensor& rstd, const Tensor& residual) override;
   void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                         const Tensor& dx, const Tensor& dw) override;
+                         const Tensor& dx, const Tensor& dw, bool accumulate_dx) override;
   void softmax_forward(const Tensor& x, const Tensor& y) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
   void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
@@ -279,17 +279,20 @@ void Bf16Widening::activation_backward(Activation f, const Tensor& x, const Tens
 }
 
 void Bf16Widening::rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
-                                    const Tensor& rstd) {
+                                    const Tensor& rstd, const Tensor& residual) {
   Widened wide;
-  inner_->rms_norm_forward(wide.in(x), wide.in(w), eps, wide.out(y), wide.out(rstd));
+  // With a residual, x is written too (x + residual, in place).
+  const Tensor wx = residual.defined() ? wide.out(x) : wide.in(x);
+  inner_->rms_norm_forward(wx, wide.in(w), eps, wide.out(y), wide.out(rstd), wide.in(residual));
   wide.finish();
 }
 
 void Bf16Widening::rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                     const Tensor& rstd, const Tensor& dx, const Tensor& dw) {
+                                     const Tensor& rstd, const Tensor& dx, const Tensor& dw,
+                                     bool accumulate_dx) {
   Widened wide;
   inner_->rms_norm_backward(wide.in(dy), wide.in(x), wide.in(w), wide.in(rstd), wide.out(dx),
-                            wide.out(dw));
+                            wide.out(dw), accumulate_dx);
   wide.finish();
 }
 

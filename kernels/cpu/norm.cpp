@@ -20,7 +20,7 @@ void check_rows(const Tensor& x, const char* op) {
 }  // namespace
 
 void CpuBackend::rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
-                                  const Tensor& rstd) {
+                                  const Tensor& rstd, const Tensor& residual) {
   const char* op = "rms_norm_forward";
   check_rows(x, op);
   const i64 N = x.size(0), D = x.size(1);
@@ -30,15 +30,20 @@ void CpuBackend::rms_norm_forward(const Tensor& x, const Tensor& w, double eps, 
   cpu::check_host_contiguous(rstd, stat_dtype(x.dtype), op, "rstd");
   check_shape(rstd, Shape{N}, op, "rstd");
   LINMOE_CHECK(eps >= 0, op, ": eps = ", eps, " must be ≥ 0");
+  if (residual.defined()) cpu::check_like(residual, x, op, "residual");
   cpu::dispatch_float(x.dtype, op, [&](auto zero) {
     using T = decltype(zero);
-    const T* px = static_cast<const T*>(x.data);
+    T* px = static_cast<T*>(x.data);
+    const T* pres = residual.defined() ? static_cast<const T*>(residual.data) : nullptr;
     const T* pw = static_cast<const T*>(w.data);
     T* py = static_cast<T*>(y.data);
     T* pr = static_cast<T*>(rstd.data);  // stat dtype == T for f32 and f64
 #pragma omp parallel for num_threads(cpu::threads_for(N* D, threads_)) schedule(static)
     for (i64 n = 0; n < N; ++n) {
-      const T* xr = px + n * D;  // [D]
+      T* xr = px + n * D;  // [D]
+      if (pres) {
+        for (i64 j = 0; j < D; ++j) xr[j] += pres[n * D + j];  // the residual add, in place
+      }
       double ss = 0;
       for (i64 j = 0; j < D; ++j) ss += static_cast<double>(xr[j]) * xr[j];
       const double r = 1.0 / std::sqrt(ss / static_cast<double>(D) + eps);
@@ -52,7 +57,8 @@ void CpuBackend::rms_norm_forward(const Tensor& x, const Tensor& w, double eps, 
 
 // dx_j = rstd · (w_j dy_j − x_j · rstd² · (1/D) Σ_i dy_i w_i x_i);  dw_j += Σ_n dy_nj x_nj rstd_n.
 void CpuBackend::rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                   const Tensor& rstd, const Tensor& dx, const Tensor& dw) {
+                                   const Tensor& rstd, const Tensor& dx, const Tensor& dw,
+                                   bool accumulate_dx) {
   const char* op = "rms_norm_backward";
   check_rows(x, op);
   const i64 N = x.size(0), D = x.size(1);
@@ -84,7 +90,11 @@ void CpuBackend::rms_norm_backward(const Tensor& dy, const Tensor& x, const Tens
         const T c = static_cast<T>(r * r * r * dot / static_cast<double>(D));
         const T rt = static_cast<T>(r);
         T* dxr = pdx + n * D;
-        for (i64 j = 0; j < D; ++j) dxr[j] = rt * pw[j] * dyr[j] - c * xr[j];
+        if (accumulate_dx) {
+          for (i64 j = 0; j < D; ++j) dxr[j] += rt * pw[j] * dyr[j] - c * xr[j];
+        } else {
+          for (i64 j = 0; j < D; ++j) dxr[j] = rt * pw[j] * dyr[j] - c * xr[j];
+        }
       }
       // dw: each thread owns a column range and walks the rows in order (deterministic).
 #pragma omp for schedule(static)

@@ -51,9 +51,9 @@ class CudaBackend final : public Backend {
                            bool accumulate) override;
 
   void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
-                        const Tensor& rstd) override;
+                        const Tensor& rstd, const Tensor& residual = Tensor{}) override;
   void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                         const Tensor& dx, const Tensor& dw) override;
+                         const Tensor& dx, const Tensor& dw, bool accumulate_dx = false) override;
   void softmax_forward(const Tensor& x, const Tensor& y) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
   void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;

@@ -91,20 +91,34 @@ __device__ __forceinline__ C block_sum_all(C v) {
 
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
-// x, y: [N, D]; w: [D]; rstd: [N]. kVector: 16-byte pieces (rows::vectorizable).
-template <class T, int kThreads, bool kVector>
+// x, y: [N, D]; w: [D]; rstd: [N]. kVector: 16-byte pieces (rows::vectorizable). kResidual:
+// x ← x + residual first (in place), the stored (rounded) sum normalised; each thread reads back
+// in the second pass exactly the pieces it wrote in the first, so no barrier is needed for them.
+template <class T, int kThreads, bool kVector, bool kResidual>
 __global__ void __launch_bounds__(kThreads)
-    rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+    rms_norm_forward_kernel(T* __restrict__ x, const T* __restrict__ residual,
+                            const T* __restrict__ w, T* __restrict__ y,
                             compute_t<T>* __restrict__ rstd, i64 N, i64 D, compute_t<T> eps) {
   using C = compute_t<T>;
   for (i64 n = blockIdx.x; n < N; n += gridDim.x) {
-    const T* xr = x + n * D;  // [D]
+    T* xr = x + n * D;  // [D]
     T* yr = y + n * D;
     C ss = 0;
     rows::for_each_piece<T, kThreads, kVector>(D, [&](i64 j, auto width) {
       constexpr int W = decltype(width)::value;
       C xv[W];
       rows::load_n<W>(xr + j, xv);
+      if constexpr (kResidual) {
+        C rv[W];
+        rows::load_n<W>(residual + n * D + j, rv);
+#pragma unroll
+        for (int k = 0; k < W; ++k) {
+          T stored;  // the sum as x will hold it
+          store(&stored, xv[k] + rv[k]);
+          xv[k] = load(&stored);
+        }
+        rows::store_n<W>(xr + j, xv);
+      }
 #pragma unroll
       for (int k = 0; k < W; ++k) ss += xv[k] * xv[k];
     });
@@ -123,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dx_j = rstd · w_j dy_j − x_j · rstd³ · (1/D) Σ_i dy_i w_i x_i.
-template <class T, int kThreads, bool kVector>
+// dx_j = rstd · w_j dy_j − x_j · rstd³ · (1/D) Σ_i dy_i w_i x_i (added to dx when kAccumulate).
+template <class T, int kThreads, bool kVector, bool kAccumulate>
 __global__ void __launch_bounds__(kThreads)
     rms_norm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                 const T* __restrict__ w, const compute_t<T>* __restrict__ rstd,
@@ -155,6 +169,12 @@ __global__ void __launch_bounds__(kThreads)
       rows::load_n<W>(dyr + j, gv);
 #pragma unroll
       for (int k = 0; k < W; ++k) gv[k] = r * wv[k] * gv[k] - c * xv[k];
+      if constexpr (kAccumulate) {
+        C old[W];
+        rows::load_n<W>(dxr + j, old);
+#pragma unroll
+        for (int k = 0; k < W; ++k) gv[k] += old[k];
+      }
       rows::store_n<W>(dxr + j, gv);
     });
   }
@@ -273,7 +293,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
-                                   const Tensor& rstd) {
+                                   const Tensor& rstd, const Tensor& residual) {
   const char* op = "rms_norm_forward";
   check_rows(x, op, "[N, D]");
   const i64 N = x.size(0), D = x.size(1);
@@ -283,24 +303,38 @@ void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& w, double eps,
   check_like(y, x, op, "y");
   check_stat(rstd, x, op, "rstd");
   LINMOE_CHECK(eps >= 0, op, ": eps = ", eps, " must be ≥ 0");
+  const bool fused = residual.defined();
+  if (fused) check_like(residual, x, op, "residual");
   if (N == 0) return;
   cudaStream_t stream = context().stream;
   cuda::dispatch_float(x.dtype, op, [&](auto zero) {
     using T = decltype(zero);
     using C = compute_t<T>;
-    const bool vec = rows::vectorizable<T>(D, {x.data, w.data, y.data});
+    const void* res = fused ? residual.data : x.data;  // any aligned pointer when not fused
+    const bool vec = rows::vectorizable<T>(D, {x.data, w.data, y.data, res});
     with_row_threads(D, vec, [&](auto threads, auto vector) {
-      rms_norm_forward_kernel<T, decltype(threads)::value, decltype(vector)::value>
-          <<<row_blocks(N), decltype(threads)::value, 0, stream>>>(
-              static_cast<const T*>(x.data), static_cast<const T*>(w.data), static_cast<T*>(y.data),
-              static_cast<C*>(rstd.data), N, D, static_cast<C>(eps));
+      constexpr int kT = decltype(threads)::value;
+      constexpr bool kV = decltype(vector)::value;
+      auto* px = static_cast<T*>(x.data);
+      const auto* pr = static_cast<const T*>(res);
+      const auto* pw = static_cast<const T*>(w.data);
+      auto* py = static_cast<T*>(y.data);
+      auto* ps = static_cast<C*>(rstd.data);
+      if (fused) {
+        rms_norm_forward_kernel<T, kT, kV, true>
+            <<<row_blocks(N), kT, 0, stream>>>(px, pr, pw, py, ps, N, D, static_cast<C>(eps));
+      } else {
+        rms_norm_forward_kernel<T, kT, kV, false>
+            <<<row_blocks(N), kT, 0, stream>>>(px, nullptr, pw, py, ps, N, D, static_cast<C>(eps));
+      }
       CUDA_CHECK_LAUNCH();
     });
   });
 }
 
 void CudaBackend::rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                    const Tensor& rstd, const Tensor& dx, const Tensor& dw) {
+                                    const Tensor& rstd, const Tensor& dx, const Tensor& dw,
+                                    bool accumulate_dx) {
   const char* op = "rms_norm_backward";
   check_rows(x, op, "[N, D]");
   const i64 N = x.size(0), D = x.size(1);
@@ -321,9 +355,17 @@ void CudaBackend::rms_norm_backward(const Tensor& dy, const Tensor& x, const Ten
     const C* pr = static_cast<const C*>(rstd.data);
     const bool vec = rows::vectorizable<T>(D, {dy.data, x.data, w.data, dx.data});
     with_row_threads(D, vec, [&](auto threads, auto vector) {
-      rms_norm_backward_dx_kernel<T, decltype(threads)::value, decltype(vector)::value>
-          <<<row_blocks(N), decltype(threads)::value, 0, stream>>>(
-              pdy, px, static_cast<const T*>(w.data), pr, static_cast<T*>(dx.data), N, D);
+      constexpr int kT = decltype(threads)::value;
+      constexpr bool kV = decltype(vector)::value;
+      const auto* pw = static_cast<const T*>(w.data);
+      auto* pdx = static_cast<T*>(dx.data);
+      if (accumulate_dx) {
+        rms_norm_backward_dx_kernel<T, kT, kV, true>
+            <<<row_blocks(N), kT, 0, stream>>>(pdy, px, pw, pr, pdx, N, D);
+      } else {
+        rms_norm_backward_dx_kernel<T, kT, kV, false>
+            <<<row_blocks(N), kT, 0, stream>>>(pdy, px, pw, pr, pdx, N, D);
+      }
       CUDA_CHECK_LAUNCH();
     });
     // dw: about 2048 blocks of 32 columns; P row chunks (a function of N and D only, so the

@@ -81,6 +81,44 @@ TEST_CASE("gpu rms_norm forward and backward", "[gpu][norm]") {
   }
 }
 
+// The fused residual add (x ← x + residual, then the norm of the stored sum) and the
+// accumulated dx, against the CPU backend's fused forms.
+TEST_CASE("gpu rms_norm with a fused residual add and an accumulated dx", "[gpu][norm]") {
+  auto g = gpu_pair();
+  if (!g) return;
+  std::uint64_t seed = 150;
+  const i64 shapes[][2] = {{1, 1}, {7, 33}, {130, 256}, {65, 1500}};
+  for (DType dt : kDtypes) {
+    const DType hd = host_dtype(dt), sd = stat_dtype(dt);
+    for (const auto& s : shapes) {
+      const i64 N = s[0], D = s[1];
+      CAPTURE(dtype_name(dt), N, D);
+      HostTensor x = random_host(dt, Shape{N, D}, ++seed, -2.0, 2.0);
+      const HostTensor res = random_host(dt, Shape{N, D}, ++seed, -2.0, 2.0);
+      const HostTensor w = random_host(dt, Shape{D}, ++seed, 0.5, 1.5);
+      const HostTensor dy = random_host(dt, Shape{N, D}, ++seed);
+      HostTensor dx = random_host(dt, Shape{N, D}, ++seed);  // the running gradient
+      HostTensor dw = random_host(dt, Shape{D}, ++seed);
+      const Tensor xg = g->upload_as(x, dt), resg = g->upload_as(res, dt), wg = g->upload_as(w, dt);
+      const Tensor dyg = g->upload_as(dy, dt), dxg = g->upload_as(dx, dt),
+                   dwg = g->upload_as(dw, dt);
+
+      HostTensor y = poisoned_host(hd, Shape{N, D}), rstd = poisoned_host(sd, Shape{N});
+      g->cpu->rms_norm_forward(x, w, 1e-5, y, rstd, res);
+      const Tensor yg = g->gpu_empty(dt, Shape{N, D}), rg = g->gpu_empty(sd, Shape{N});
+      g->gpu->rms_norm_forward(xg, wg, 1e-5, yg, rg, resg);
+      CHECK(err(*g, xg, x) <= tolerance(dt));  // the sum, in place
+      CHECK(err(*g, yg, y) <= tolerance(dt));
+      CHECK(err(*g, rg, rstd) <= tolerance(dt));
+
+      g->cpu->rms_norm_backward(dy, x, w, rstd, dx, dw, true);
+      g->gpu->rms_norm_backward(dyg, xg, wg, rg, dxg, dwg, true);
+      CHECK(err(*g, dxg, dx) <= tolerance(dt));
+      CHECK(err(*g, dwg, dw) <= tolerance(dt));
+    }
+  }
+}
+
 TEST_CASE("gpu l2_norm forward and backward", "[gpu][norm]") {
   auto g = gpu_pair();
   if (!g) return;

@@ -97,6 +97,53 @@ TEST_CASE("rms_norm forward and backward against fp64", "[ops][norm]") {
   }
 }
 
+// The fused residual forms are the unfused ops exactly: x ← x + residual then the norm; and
+// dx += the norm's gradient. Bit for bit on the CPU (the same arithmetic in the same order).
+TEST_CASE("rms_norm with a fused residual add and an accumulated dx", "[ops][norm]") {
+  CpuBackend backend(2);
+  std::uint64_t seed = 4500;
+  for (DType dt : kDtypes) {
+    for (const auto& nd : kRowShapes) {
+      const std::int64_t N = nd[0], D = nd[1];
+      CAPTURE(dtype_name(dt), N, D);
+      const HostTensor x = random_tensor(dt, Shape{N, D}, ++seed, -2.0, 2.0);
+      const HostTensor res = random_tensor(dt, Shape{N, D}, ++seed, -2.0, 2.0);
+      const HostTensor w = random_tensor(dt, Shape{D}, ++seed, 0.5, 1.5);
+      // Unfused: sum = x + residual; y = norm(sum).
+      HostTensor sum = random_tensor(dt, Shape{N, D}, 0);
+      backend.copy(x, sum);
+      backend.axpy(1.0, res, sum);
+      HostTensor y = poisoned_tensor(dt, Shape{N, D}), r = poisoned_tensor(dt, Shape{N});
+      backend.rms_norm_forward(sum, w, 1e-6, y, r);
+      // Fused, in place.
+      HostTensor xf = random_tensor(dt, Shape{N, D}, 0);
+      backend.copy(x, xf);
+      HostTensor yf = poisoned_tensor(dt, Shape{N, D}), rf = poisoned_tensor(dt, Shape{N});
+      backend.rms_norm_forward(xf, w, 1e-6, yf, rf, res);
+      CHECK(xf.to_f64() == sum.to_f64());
+      CHECK(yf.to_f64() == y.to_f64());
+      CHECK(rf.to_f64() == r.to_f64());
+
+      // dx accumulated into a running gradient g: g + (the overwritten dx).
+      const HostTensor dy = random_tensor(dt, Shape{N, D}, ++seed);
+      const HostTensor g0 = random_tensor(dt, Shape{N, D}, ++seed);
+      HostTensor dw1 = random_tensor(dt, Shape{D}, 0), dw2 = random_tensor(dt, Shape{D}, 0);
+      backend.fill(dw1, 0.0);
+      backend.fill(dw2, 0.0);
+      HostTensor dx = poisoned_tensor(dt, Shape{N, D});
+      backend.rms_norm_backward(dy, sum, w, r, dx, dw1);
+      HostTensor expected = random_tensor(dt, Shape{N, D}, 0);
+      backend.copy(g0, expected);
+      backend.axpy(1.0, dx, expected);
+      HostTensor g = random_tensor(dt, Shape{N, D}, 0);
+      backend.copy(g0, g);
+      backend.rms_norm_backward(dy, sum, w, r, g, dw2, true);
+      CHECK(g.to_f64() == expected.to_f64());
+      CHECK(dw2.to_f64() == dw1.to_f64());
+    }
+  }
+}
+
 TEST_CASE("rms_norm backward matches finite differences (f64)", "[ops][norm][grad]") {
   CpuBackend backend(1);
   const std::int64_t N = 3, D = 7;
