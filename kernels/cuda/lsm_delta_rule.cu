@@ -30,11 +30,16 @@
 // length never changes the mathematics, only the rounding). Decay factors are exponentials of
 // chunk-local differences b_i − b_j ≤ 0 flushed to zero below kMinLogDecay, as on the CPU: finite
 // for any T.
+//
+// bf16 forwards with chunk_size 64, Dk and Dv in {64, 128} and 16-byte aligned rows run on the
+// tensor cores instead (lsm_delta_rule_mma.cuh, launched from lsm_delta_rule_mma_launch.cuh); the
+// backward stays here for every dtype.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/cuda_context.cuh"
+#include "kernels/cuda/lsm_delta_rule_mma_launch.cuh"
 
 namespace linmoe {
 namespace {
@@ -822,6 +827,13 @@ void CudaBackend::lsm_delta_rule_forward(const Tensor& q, const Tensor& k, const
   const Geo g = check_inputs(q, k, v, beta, log_decay, chunk_size, initial_state, op);
   check_rows(o, v.shape, q.dtype, op, "o");
   if (given(final_state)) check_state(final_state, g, q.dtype, op, "final_state");
+  if (cuda::delta_mma::supports(q, k, v, o, chunk_size)) {  // bf16 on the tensor cores
+    cuda::delta_mma::dispatch_dims(g.Dk, g.Dv, [&](auto dk, auto dv) {
+      cuda::delta_mma::forward<decltype(dk)::value, decltype(dv)::value>(
+          context().stream, q, k, v, beta, log_decay, scale, initial_state, o, final_state);
+    });
+    return;
+  }
   cuda::dispatch_float(q.dtype, op, [&](auto zero) {
     using T = decltype(zero);
     forward_typed<T>(context(), g, chunk_size, q, k, v, beta, log_decay, scale, initial_state, o,

@@ -6,8 +6,10 @@
 // spanning several column tiles of the GPU kernels (a partial last tile); head dims 128
 // (the large shared-memory layouts) and f64 head dims 64 (the GPU shortens its chunk to fit);
 // row-strided views in and out (nothing written outside them); optional gradients left out;
-// T = 0; a 65536-token sequence with strong decay and β near 1. Keys and queries are L2-
-// normalised rows, as the layer passes them. Outputs are NaN-poisoned before every call; the
+// T = 0; a 65536-token sequence with strong decay and β near 1. bf16 calls with chunk 64 and
+// head dims in {64, 128} take the tensor-core forward (lsm_delta_rule_mma.cuh): their own cases
+// below, including strided views with aligned rows and a 65531-token sequence. Keys and queries are
+// L2- normalised rows, as the layer passes them. Outputs are NaN-poisoned before every call; the
 // backward is run twice and must be bit-for-bit deterministic.
 //
 // Bounds (max |gpu − cpu| / max |cpu|, gpu_compare.h): f64 1e-12; bf16 1e-2 (bf16 inputs and
@@ -266,6 +268,30 @@ TEST_CASE("gpu lsm_delta_rule at model head dims", "[gpu][lsm]") {
   }
 }
 
+TEST_CASE("gpu lsm_delta_rule bf16 on the tensor cores matches the CPU backend", "[gpu][lsm]") {
+  auto gp = testing::gpu_pair();
+  if (!gp) return;
+  // bf16, chunk 64, Dk and Dv in {64, 128}: the forward takes lsm_delta_rule_mma.cuh (the
+  // backward the SIMT kernels). T = 1, a partial last chunk, several chunks; deltanet and gated;
+  // with and without the states; strong decays with β near 1.
+  std::uint64_t seed = 12000;
+  const i64 dims[][2] = {{64, 64}, {64, 128}, {128, 64}, {128, 128}};
+  for (const auto& d : dims) {
+    for (i64 T : {1, 65, 200}) {
+      for (int flags : {0, 3, 6, 7}) {
+        Options opt;
+        opt.gated = flags & 1, opt.init = flags & 2, opt.dfinal = flags & 4;
+        check_case(*gp, Problem{2, T, 2, d[0], d[1]}, DType::bf16, 64, opt, seed += 16);
+      }
+    }
+    Options strong;
+    strong.init = true, strong.dfinal = true;
+    strong.decay_lo = 1e-4, strong.decay_hi = 20.0;
+    strong.beta_lo = 0.9, strong.beta_hi = 1.0;
+    check_case(*gp, Problem{1, 321, 3, d[0], d[1]}, DType::bf16, 64, strong, seed += 16);
+  }
+}
+
 // Values of the [B, T, H, D] view at element `offset` of a contiguous buffer with row stride F
 // (per token), gathered contiguously.
 Vec gather(const Vec& buffer, i64 offset, i64 F, const Problem& p, i64 H, i64 D) {
@@ -291,16 +317,16 @@ Tensor view_of(const Tensor& fused, const Problem& p, i64 offset, i64 D) {
   return t;
 }
 
-TEST_CASE("gpu lsm_delta_rule reads and writes row-strided views", "[gpu][lsm]") {
-  auto gp = testing::gpu_pair();
-  if (!gp) return;
-  const Problem p{2, 45, 3, 12, 20};
+// The op on row-strided views of fused buffers: the output rows padded by `pad` values (8 keeps
+// bf16 rows 16-byte aligned, as the tensor-core forward needs; 3 does not).
+void check_strided(GpuPair& gp_ref, const Problem& p, int chunk, i64 pad) {
+  GpuPair* gp = &gp_ref;
   for (DType dt : {DType::f32, DType::bf16}) {
-    INFO("dtype " << dtype_name(dt));
+    INFO(p.str() << " chunk=" << chunk << " pad=" << pad << " dtype " << dtype_name(dt));
     Options opt;
     opt.init = true, opt.dfinal = true;
     const Data x(p, dt, 777, opt);
-    const Result ref = run_cpu(*gp, p, x, 16);
+    const Result ref = run_cpu(*gp, p, x, chunk);
     // Inputs: q | k | v per token in one [B, T, 2·H·Dk + H·Dv] buffer; beta | g in [B, T, 2H + 1].
     const i64 E = p.H * p.Dk, Fin = 2 * E + p.H * p.Dv, Fg = 2 * p.H + 1;
     HostTensor fused(host_dtype(dt), Shape{p.B, p.T, Fin}),
@@ -332,13 +358,13 @@ TEST_CASE("gpu lsm_delta_rule reads and writes row-strided views", "[gpu][lsm]")
     const Tensor v = view_of(fg, p, 2 * E, p.Dv);
     const Tensor beta = view_of(gg, p, 0, 0), g = view_of(gg, p, p.H, 0);
     const Tensor s0 = gp->upload(x.s0), dfs = gp->upload(x.dfs);
-    // Outputs: o in [B, T, H·Dv + 3]; dq | dk in [B, T, 2·H·Dk + 5]; dv in [B, T, H·Dv + 3];
+    // Outputs: o in [B, T, H·Dv + pad]; dq | dk in [B, T, 2·H·Dk + 5]; dv in [B, T, H·Dv + pad];
     // d_beta | d_log_decay in [B, T, 2H + 1]. The padding must stay NaN.
-    const i64 Fo = p.H * p.Dv + 3, Fqk = 2 * E + 5;
+    const i64 Fo = p.H * p.Dv + pad, Fqk = 2 * E + 5;
     const Tensor o_buf = gp->gpu_empty(dt, Shape{p.B, p.T, Fo});
     const Tensor fs = gp->gpu_empty(stat_dtype(dt), p.state());
-    gp->gpu->lsm_delta_rule_forward(q, k, v, beta, g, p.scale(), 16, s0, view_of(o_buf, p, 0, p.Dv),
-                                    fs);
+    gp->gpu->lsm_delta_rule_forward(q, k, v, beta, g, p.scale(), chunk, s0,
+                                    view_of(o_buf, p, 0, p.Dv), fs);
     // d_o as a strided view too.
     HostTensor d_o_wide(host_dtype(dt), Shape{p.B, p.T, Fo});
     {
@@ -346,18 +372,18 @@ TEST_CASE("gpu lsm_delta_rule reads and writes row-strided views", "[gpu][lsm]")
       Vec w(static_cast<std::size_t>(d_o_wide.t().numel()), 0.25);
       for (i64 bt = 0; bt < p.B * p.T; ++bt) {
         for (i64 c = 0; c < p.H * p.Dv; ++c) {
-          w[static_cast<std::size_t>(bt * Fo + 3 + c)] =
+          w[static_cast<std::size_t>(bt * Fo + pad + c)] =
               d[static_cast<std::size_t>(bt * p.H * p.Dv + c)];
         }
       }
       d_o_wide.from_f64(w);
     }
-    const Tensor d_o = view_of(gp->upload_as(d_o_wide, dt), p, 3, p.Dv);
+    const Tensor d_o = view_of(gp->upload_as(d_o_wide, dt), p, pad, p.Dv);
     const Tensor dqk = gp->gpu_empty(dt, Shape{p.B, p.T, Fqk});
     const Tensor dv_buf = gp->gpu_empty(dt, Shape{p.B, p.T, Fo});
     const Tensor dgates = gp->gpu_empty(dt, Shape{p.B, p.T, Fg});
     const Tensor ds0 = gp->gpu_empty(stat_dtype(dt), p.state());
-    gp->gpu->lsm_delta_rule_backward(q, k, v, beta, g, p.scale(), 16, s0, d_o, dfs,
+    gp->gpu->lsm_delta_rule_backward(q, k, v, beta, g, p.scale(), chunk, s0, d_o, dfs,
                                      view_of(dqk, p, 0, p.Dk), view_of(dqk, p, E, p.Dk),
                                      view_of(dv_buf, p, 0, p.Dv), view_of(dgates, p, 0, 0),
                                      view_of(dgates, p, p.H, 0), ds0);
@@ -384,6 +410,14 @@ TEST_CASE("gpu lsm_delta_rule reads and writes row-strided views", "[gpu][lsm]")
       CHECK(std::isnan(dgates_all[static_cast<std::size_t>(bt * Fg + 2 * p.H)]));
     }
   }
+}
+
+TEST_CASE("gpu lsm_delta_rule reads and writes row-strided views", "[gpu][lsm]") {
+  auto gp = testing::gpu_pair();
+  if (!gp) return;
+  check_strided(*gp, Problem{2, 45, 3, 12, 20}, 16, 3);
+  // bf16 at head dims 64, chunk 64, aligned rows: the tensor-core forward on strided views.
+  check_strided(*gp, Problem{2, 130, 2, 64, 64}, 64, 8);
 }
 
 TEST_CASE("gpu lsm_delta_rule: optional gradients may be left out", "[gpu][lsm]") {
@@ -435,6 +469,14 @@ TEST_CASE("gpu lsm_delta_rule stays finite over 65536 tokens", "[gpu][lsm]") {
       opt.beta_lo = 0.9, opt.beta_hi = 1.0;
       check_case(*gp, p, dt, 64, opt, seed += 16);
     }
+  }
+  // The same at head dims 64 in bf16: the tensor-core forward (T = 65536 − 5: a partial chunk).
+  for (bool gated : {false, true}) {
+    Options opt;
+    opt.gated = gated, opt.init = true, opt.dfinal = true;
+    opt.decay_lo = 1e-4, opt.decay_hi = 20.0;
+    opt.beta_lo = 0.9, opt.beta_hi = 1.0;
+    check_case(*gp, Problem{1, 65531, 2, 64, 64}, DType::bf16, 64, opt, seed += 16);
   }
 }
 
