@@ -31,9 +31,9 @@
 // chunk-local differences b_i − b_j ≤ 0 flushed to zero below kMinLogDecay, as on the CPU: finite
 // for any T.
 //
-// bf16 forwards with chunk_size 64, Dk and Dv in {64, 128} and 16-byte aligned rows run on the
-// tensor cores instead (lsm_delta_rule_mma.cuh, launched from lsm_delta_rule_mma_launch.cuh); the
-// backward stays here for every dtype.
+// bf16 forwards and backwards with chunk_size 64, Dk and Dv in {64, 128} and 16-byte aligned rows
+// run on the tensor cores instead (lsm_delta_rule_mma.cuh, lsm_delta_rule_mma_bwd.cuh, launched
+// from lsm_delta_rule_mma_launch.cuh); the kernels here take every other call.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -863,6 +863,14 @@ void CudaBackend::lsm_delta_rule_backward(const Tensor& q, const Tensor& k, cons
     check_rows(d_log_decay, beta.shape, dt, op, "d_log_decay");
   }
   if (given(d_initial_state)) check_state(d_initial_state, g, dt, op, "d_initial_state");
+  if (cuda::delta_mma::supports_backward(q, k, v, d_o, dq, dk, dv, chunk_size)) {  // tensor cores
+    cuda::delta_mma::dispatch_dims(g.Dk, g.Dv, [&](auto dk_, auto dv_) {
+      cuda::delta_mma::backward<decltype(dk_)::value, decltype(dv_)::value>(
+          context().stream, q, k, v, beta, log_decay, scale, initial_state, d_o, d_final_state, dq,
+          dk, dv, d_beta, d_log_decay, d_initial_state);
+    });
+    return;
+  }
   cuda::dispatch_float(dt, op, [&](auto zero) {
     using T = decltype(zero);
     backward_typed<T>(context(), g, chunk_size, q, k, v, beta, log_decay, scale, initial_state, d_o,

@@ -42,14 +42,18 @@ struct PrepArgs {
   Problem p;
   Rows k, v, beta, g;  // [B,T,H,Dk], [B,T,H,Dv], [B,T,H] × 2
   u16* w;              // [B,H,NC·64,Dk]: W (rows ≥ L of a chunk not written)
-  u16* u;              // [B,H,NC·64,Dv]: Ũ
+  u16* u;              // [B,H,NC·64,Dv]: Ũ (forward)
+  // The backward's recomputation (kWide): Ũ from r(β v) as hi + lo pairs, in fp32, and r(X).
+  float* u_wide = nullptr;  // [B,H,NC·64,Dv]: Ũ
+  u16* x = nullptr;         // [B,H,NC,64,64]: r(X)
 };
 
-template <int DK, int DV>
+template <int DK, int DV, bool kWide = false>
 struct PrepTiles {
   static constexpr int LDK = DK + 8, LDV = DV + 8;
-  static constexpr std::size_t smem = sizeof(u16) * (kChunk * (LDK + LDV + kLdC)) +
-                                      sizeof(float) * (2 * kChunk * kLdF + 16 * kLdF + 2 * kChunk);
+  static constexpr std::size_t smem =
+      sizeof(u16) * (kChunk * (LDK + (kWide ? 2 : 1) * LDV + kLdC)) +
+      sizeof(float) * (2 * kChunk * kLdF + 16 * kLdF + 2 * kChunk);
 };
 
 // In fp32 from the strictly lower A (af): the inverse of I + A into xf ([64][kLdF] both).
@@ -91,9 +95,10 @@ __device__ __forceinline__ void invert_unit_lower(const float* af, float* xf, fl
   __syncthreads();
 }
 
-template <int DK, int DV>
+// kWide (the backward): r(X) stored, and Ũ = X (hi + lo of β v) kept in fp32.
+template <int DK, int DV, bool kWide = false>
 __global__ void __launch_bounds__(kThreads, 2) delta_prep_kernel(PrepArgs a) {
-  using Tiles = PrepTiles<DK, DV>;
+  using Tiles = PrepTiles<DK, DV, kWide>;
   constexpr int LDK = Tiles::LDK, LDV = Tiles::LDV;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   u16* ks = reinterpret_cast<u16*>(smem_raw);                // [64][LDK]: k, then r(β γ k)
@@ -104,6 +109,7 @@ __global__ void __launch_bounds__(kThreads, 2) delta_prep_kernel(PrepArgs a) {
   float* tf = xf + kChunk * kLdF;                            // [16][kLdF]: solve temporaries
   float* bs = tf + 16 * kLdF;                                // [64]: cumulative log decays
   float* bt = bs + kChunk;                                   // [64]: β
+  u16* vl = reinterpret_cast<u16*>(bt + kChunk);             // kWide: [64][LDV]: lo of β v
 
   const i64 NC = a.p.NC, bh = blockIdx.x / NC, c = blockIdx.x % NC;
   const i64 b = bh / a.p.H, h = bh % a.p.H, t0 = c * kChunk;
@@ -142,8 +148,20 @@ __global__ void __launch_bounds__(kThreads, 2) delta_prep_kernel(PrepArgs a) {
     xs[i * kLdC + j] = j <= i ? frag::bf16_bits(xf[i * kLdF + j]) : u16{0};
   }
   weight_rows<DK>(ks, LDK, [&](int r) { return bt[r] * decay_factor(bs[r]); });
-  weight_rows<DV>(vs, LDV, [&](int r) { return bt[r]; });
+  if constexpr (kWide) {
+    split_rows<DV>(vs, vl, LDV, [&](int r) { return bt[r]; });
+  } else {
+    weight_rows<DV>(vs, LDV, [&](int r) { return bt[r]; });
+  }
   __syncthreads();
+  if constexpr (kWide) {  // r(X) for the reverse pass (R_v = Xᵀ dU)
+    u16* xo = a.x + blockIdx.x * kChunk * kChunk;
+    for (int idx = static_cast<int>(threadIdx.x); idx < kChunk * kChunk / 8; idx += kThreads) {
+      const int i = idx / 8, j = 8 * (idx % 8);
+      *reinterpret_cast<uint4*>(xo + i * kChunk + j) =
+          *reinterpret_cast<const uint4*>(xs + i * kLdC + j);
+    }
+  }
 
   // W = X diag(βγ) K and Ũ = X diag(β) V, the warp's 16 rows (X is lower: k blocks ≤ warp).
   const i64 row = bh * NC * kChunk + t0;
@@ -157,7 +175,12 @@ __global__ void __launch_bounds__(kThreads, 2) delta_prep_kernel(PrepArgs a) {
     float acc[DV / 8][4];
     zero(acc);
     warp_product<false, true>(acc, xs, kLdC, r0, vs, LDV, 0, warp + 1, lane);
-    store_rows(acc, a.u + row * DV, DV, r0, L, lane);
+    if constexpr (kWide) {
+      warp_product<false, true>(acc, xs, kLdC, r0, vl, LDV, 0, warp + 1, lane);
+      store_rows_f32(acc, a.u_wide + row * DV, DV, r0, L, lane);
+    } else {
+      store_rows(acc, a.u + row * DV, DV, r0, L, lane);
+    }
   }
 }
 

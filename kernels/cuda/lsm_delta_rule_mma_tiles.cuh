@@ -96,6 +96,21 @@ __device__ __forceinline__ void weight_rows(u16* tile, int ld, W weight) {
   }
 }
 
+// The same rows times weight(r) as a hi + lo pair: hi = r(x) in place, lo = r(x − hi) into lo.
+template <int COLS, class W>
+__device__ __forceinline__ void split_rows(u16* tile, u16* lo, int ld, W weight) {
+  for (int idx = static_cast<int>(threadIdx.x); idx < kChunk * COLS / 2; idx += kThreads) {
+    const int r = idx / (COLS / 2), c = 2 * (idx % (COLS / 2));
+    const float w = weight(r);
+    u32* pair = reinterpret_cast<u32*>(tile + r * ld + c);
+    const float x0 = bf16_to_float(frag::lo_half(*pair)) * w;
+    const float x1 = bf16_to_float(frag::hi_half(*pair)) * w;
+    *pair = pack_floats(x0, x1);
+    *reinterpret_cast<u32*>(lo + r * ld + c) =
+        pack_floats(x0 - frag::round_bf16(x0), x1 - frag::round_bf16(x1));
+  }
+}
+
 // A lane's two log decays g_{2·lane}, g_{2·lane+1} of the chunk starting at t0 (0 past its L
 // tokens, and everywhere when not gated: deltanet).
 __device__ __forceinline__ float2 chunk_decays(const Rows& g, bool gated, i64 b, i64 t0, i64 h,
@@ -177,6 +192,23 @@ __device__ __forceinline__ void store_rows(const float (&c)[NB][4], u16* row0, i
       if (r < L) {
         *reinterpret_cast<u32*>(row0 + r * step + 8 * n + c_col(lane, e)) =
             pack_floats(c[n][e], c[n][e + 1]);
+      }
+    }
+  }
+}
+
+// The same in fp32 (the backward's scratch).
+template <int NB>
+__device__ __forceinline__ void store_rows_f32(const float (&c)[NB][4], float* row0, i64 step,
+                                               int r0, int L, int lane) {
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; e += 2) {
+      const int r = r0 + c_row(lane, e);
+      if (r < L) {
+        *reinterpret_cast<float2*>(row0 + r * step + 8 * n + c_col(lane, e)) =
+            make_float2(c[n][e], c[n][e + 1]);
       }
     }
   }

@@ -271,9 +271,9 @@ TEST_CASE("gpu lsm_delta_rule at model head dims", "[gpu][lsm]") {
 TEST_CASE("gpu lsm_delta_rule bf16 on the tensor cores matches the CPU backend", "[gpu][lsm]") {
   auto gp = testing::gpu_pair();
   if (!gp) return;
-  // bf16, chunk 64, Dk and Dv in {64, 128}: the forward takes lsm_delta_rule_mma.cuh (the
-  // backward the SIMT kernels). T = 1, a partial last chunk, several chunks; deltanet and gated;
-  // with and without the states; strong decays with β near 1.
+  // bf16, chunk 64, Dk and Dv in {64, 128}: the forward takes lsm_delta_rule_mma.cuh, the
+  // backward lsm_delta_rule_mma_bwd.cuh. T = 1, a partial last chunk, several chunks; deltanet and
+  // gated; with and without the states; strong decays with β near 1.
   std::uint64_t seed = 12000;
   const i64 dims[][2] = {{64, 64}, {64, 128}, {128, 64}, {128, 128}};
   for (const auto& d : dims) {
@@ -435,6 +435,37 @@ TEST_CASE("gpu lsm_delta_rule: optional gradients may be left out", "[gpu][lsm]"
   const Tensor dq = gp->gpu_empty(DType::f64, p.qk()), dk = gp->gpu_empty(DType::f64, p.qk());
   const Tensor dv = gp->gpu_empty(DType::f64, p.vo()), dbeta = gp->gpu_empty(DType::f64, p.g());
   gp->gpu->lsm_delta_rule_backward(q, k, v, beta, g, p.scale(), 16, s0, d_o, dfs, dq, dk, dv, dbeta,
+                                   Tensor{}, Tensor{});
+  CHECK(gp->values(dq) == full.dq);
+  CHECK(gp->values(dk) == full.dk);
+  CHECK(gp->values(dv) == full.dv);
+  CHECK(gp->values(dbeta) == full.dbeta);
+}
+
+TEST_CASE("gpu lsm_delta_rule bf16 tensor-core backward: repeatable, optional gradients",
+          "[gpu][lsm]") {
+  auto gp = testing::gpu_pair();
+  if (!gp) return;
+  // The tensor-core backward twice on the same inputs gives the same bits (no atomics, no races
+  // between its five launches), at every supported head-dim pair and over several chunks.
+  std::uint64_t seed = 15000;
+  Options opt;
+  opt.gated = true, opt.init = true, opt.dfinal = true;
+  const i64 dims[][2] = {{64, 64}, {64, 128}, {128, 64}, {128, 128}};
+  for (const auto& d : dims) {
+    check_case(*gp, Problem{1, 190, 2, d[0], d[1]}, DType::bf16, 64, opt, seed += 16, true);
+  }
+  // Without d_initial_state and d_log_decay (log_decay given): the same dq, dk, dv, d_beta.
+  const Problem p{2, 130, 2, 64, 64};
+  const Data x(p, DType::bf16, 16000, opt);
+  const Result full = run_gpu(*gp, p, x, 64);
+  const Tensor q = gp->upload_as(x.q, DType::bf16), k = gp->upload_as(x.k, DType::bf16);
+  const Tensor v = gp->upload_as(x.v, DType::bf16), beta = gp->upload_as(x.beta, DType::bf16);
+  const Tensor g = gp->upload_as(x.g, DType::bf16), d_o = gp->upload_as(x.d_o, DType::bf16);
+  const Tensor s0 = gp->upload(x.s0), dfs = gp->upload(x.dfs);
+  const Tensor dq = gp->gpu_empty(DType::bf16, p.qk()), dk = gp->gpu_empty(DType::bf16, p.qk());
+  const Tensor dv = gp->gpu_empty(DType::bf16, p.vo()), dbeta = gp->gpu_empty(DType::bf16, p.g());
+  gp->gpu->lsm_delta_rule_backward(q, k, v, beta, g, p.scale(), 64, s0, d_o, dfs, dq, dk, dv, dbeta,
                                    Tensor{}, Tensor{});
   CHECK(gp->values(dq) == full.dq);
   CHECK(gp->values(dk) == full.dk);
