@@ -13,15 +13,7 @@ namespace linmoe {
 namespace cuda {
 namespace delta_mma {
 
-// Rows of 16-byte multiples starting on 16-byte boundaries (the tiles load 8 bf16 at a time).
-inline bool aligned_rows(const Tensor& t) {
-  if (!t.defined() || t.data == nullptr) return true;
-  if (reinterpret_cast<std::uintptr_t>(t.data) % 16 != 0) return false;
-  for (int dim = 0; dim + 1 < t.ndim(); ++dim) {
-    if (t.stride(dim) % 8 != 0) return false;
-  }
-  return true;
-}
+using mma_rows::aligned_rows;
 
 // Whether a forward call takes this path: bf16, chunk_size 64, Dk and Dv in {64, 128}, T ≥ 1 and
 // 16-byte aligned rows of q, k, v and o (the launcher falls back to the SIMT kernels otherwise).

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/mma_bf16.cuh"
+#include "kernels/cuda/mma_rows.cuh"
 
 namespace linmoe {
 namespace cuda {
@@ -48,21 +49,8 @@ LINMOE_HD float decay_factor(float x) {
   return x < -60.0f ? 0.0f : expf(x);
 }
 
-// A [B, T, heads, D] (or [B, T, heads]) bf16 view; rows may be strided.
-struct Rows {
-  const u16* p = nullptr;
-  i64 sb = 0, st = 0, sh = 0;
-  __device__ __forceinline__ const u16* at(i64 b, i64 t, i64 h) const {
-    return p + b * sb + t * st + h * sh;
-  }
-};
-struct OutRows {
-  u16* p = nullptr;
-  i64 sb = 0, st = 0, sh = 0;
-  __device__ __forceinline__ u16* at(i64 b, i64 t, i64 h) const {
-    return p + b * sb + t * st + h * sh;
-  }
-};
+using mma_rows::OutRows;
+using mma_rows::Rows;
 
 // ---- block-level staging
 // -------------------------------------------------------------------------

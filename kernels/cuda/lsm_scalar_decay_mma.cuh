@@ -41,6 +41,7 @@
 
 #include "kernels/cuda/lsm_scalar_decay_tiles.cuh"
 #include "kernels/cuda/mma_bf16.cuh"
+#include "kernels/cuda/mma_rows.cuh"
 
 namespace linmoe {
 namespace cuda {
@@ -59,21 +60,8 @@ using frag::pack_floats;
 using u16 = std::uint16_t;
 using u32 = std::uint32_t;
 
-// A [B, T, heads, D] bf16 tensor with rows that may be strided (last dimension contiguous).
-struct Rows {
-  const u16* p = nullptr;
-  i64 sb = 0, st = 0, sh = 0;
-  __device__ __forceinline__ const u16* at(i64 b, i64 t, i64 h) const {
-    return p + b * sb + t * st + h * sh;
-  }
-};
-struct OutRows {
-  u16* p = nullptr;
-  i64 sb = 0, st = 0, sh = 0;
-  __device__ __forceinline__ u16* at(i64 b, i64 t, i64 h) const {
-    return p + b * sb + t * st + h * sh;
-  }
-};
+using mma_rows::OutRows;
+using mma_rows::Rows;
 
 struct Problem {
   i64 B, T, H, Hk, NC;

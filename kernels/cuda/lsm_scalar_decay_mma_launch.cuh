@@ -14,15 +14,7 @@ namespace linmoe {
 namespace cuda {
 namespace lsm_mma {
 
-// Rows of 16-byte multiples starting on 16-byte boundaries (the tiles load 8 bf16 at a time).
-inline bool aligned_rows(const Tensor& t) {
-  if (!t.defined() || t.data == nullptr) return true;
-  if (reinterpret_cast<std::uintptr_t>(t.data) % 16 != 0) return false;
-  for (int dim = 0; dim + 1 < t.ndim(); ++dim) {
-    if (t.stride(dim) % 8 != 0) return false;
-  }
-  return true;
-}
+using mma_rows::aligned_rows;
 
 // Whether a bf16 call takes this path (the launcher falls back to the SIMT kernels otherwise).
 inline bool supports(const lsm_decay::Dims& d, int chunk_size, const Tensor* const* rows, int n) {
