@@ -125,10 +125,13 @@ Tensor Engine::grad(int i) const {
 }
 
 void Engine::accumulate_micro_batch_grads() {
-  if (dtype_ == DType::f32) return;
-  const Tensor g = model_->params().flat_grads();
-  backend_.axpy(1.0, g, grads());  // bf16 → f32, then the model's copy starts again from 0
-  backend_.fill(g, 0.0);
+  if (dtype_ != DType::f32) move_into_main(model_->params().flat_grads(), grads());
+}
+
+// bf16 → f32: main += model, then the model's copy starts again from 0.
+void Engine::move_into_main(const Tensor& model_grad, const Tensor& main_grad) {
+  backend_.axpy(1.0, model_grad, main_grad);
+  backend_.fill(model_grad, 0.0);
 }
 
 bool Engine::owns(int i) const {
@@ -296,11 +299,7 @@ void Engine::on_gradients_done(const std::vector<int>& ids) {
 void Engine::finish_parameter(int i) {
   finished_[static_cast<std::size_t>(i)] = 1;
   ParameterStore& params = model_->params();
-  if (dtype_ != DType::f32) {  // this backward's bf16 gradient into the fp32 main gradient
-    const Tensor g = params.grad(i);
-    backend_.axpy(1.0, g, grad(i));
-    backend_.fill(g, 0.0);
-  }
+  if (dtype_ != DType::f32) move_into_main(params.grad(i), grad(i));
   // A replicated parameter whose gradient each tensor rank holds a part of.
   if (groups_ && groups_->layout().tp > 1 &&
       model_->sharded_params()[static_cast<std::size_t>(i)].tp_partial_grad) {

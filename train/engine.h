@@ -92,6 +92,7 @@ class Engine {
   Tensor grad(int i) const;  // parameter i's slice of grads(), shaped
   // bf16: adds the micro-batch's gradients to the main copy and zeroes them (no-op in fp32).
   void accumulate_micro_batch_grads();
+  void move_into_main(const Tensor& model_grad, const Tensor& main_grad);
   // The whole store's flat vector of the per-region tensors range_of(r) ([opt_end − opt_begin]
   // each), gathered over the ZeRO shards into `out` (collective).
   void gather_ranges(const std::function<Tensor(Region&)>& range_of, float* out);
